@@ -1,0 +1,11 @@
+"""sktransfer: pretrained timm backbones as scikit-learn estimators."""
+
+from ._features import PretrainedFeatureExtractor, top_imagenet_labels
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PretrainedFeatureExtractor",
+    "top_imagenet_labels",
+    "__version__",
+]

@@ -1,0 +1,472 @@
+"""Everything that touches timm: create a backbone, load its weights, read its preprocessing,
+group its blocks, split its forward pass and run it.
+
+No other module of sktransfer imports timm.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import timm.data
+import torch
+from timm.models._manipulate import group_parameters
+from torch import nn
+
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+POOLINGS = ("avg", "max", "avgmax", "token")
+
+
+# ---------------------------------------------------------------------------- creation
+
+
+def check_model_name(name: str) -> None:
+    """Raise a helpful ``ValueError`` when ``name`` is not a timm model."""
+    if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
+        return
+    if timm.is_model(name):
+        return
+    arch = timm.models.split_model_name_tag(name)[0]
+    candidates = timm.list_models() + timm.list_pretrained()
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+    close = close or difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
+    hint = f" Did you mean one of {close}?" if close else ""
+    raise ValueError(
+        f"model={name!r} is not a timm model name.{hint} "
+        "See timm.list_models() for architectures and timm.list_pretrained() for "
+        "architectures with their pretrained tags."
+    )
+
+
+def create_backbone(
+    name: str,
+    weights="pretrained",
+    *,
+    pooling: str | None = None,
+    image_size=None,
+    drop_rate: float | None = None,
+) -> nn.Module:
+    """Create a timm model with its original head and load ``weights`` into it.
+
+    Parameters
+    ----------
+    name : str
+        A timm model name, with or without a pretrained tag.
+    weights : {"pretrained"}, None or path-like
+        ``"pretrained"`` loads timm's weights through the Hugging Face hub and its local
+        cache (``HF_HUB_OFFLINE=1`` is honoured); ``None`` keeps the random initialisation;
+        a path loads a local checkpoint (see :func:`load_weights_file`).
+    pooling : str, default=None
+        Global pooling of the model's head; ``None`` keeps the model's own.
+    image_size : int or (int, int), default=None
+        Input size, passed to architectures with a fixed input size (vision transformers).
+    drop_rate : float, default=None
+        Dropout before the classifier.
+
+    Returns
+    -------
+    model : torch.nn.Module
+        The model, in eval mode, on the CPU.
+    """
+    check_model_name(name)
+    kwargs = {}
+    if pooling is not None:
+        kwargs["global_pool"] = pooling
+    if drop_rate is not None:
+        kwargs["drop_rate"] = drop_rate
+    if image_size is not None and _has_fixed_input_size(name):
+        kwargs["img_size"] = _as_hw(image_size)
+
+    pretrained = isinstance(weights, str) and weights == "pretrained"
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (AssertionError, TypeError, NotImplementedError) as exc:
+        if "global_pool" in kwargs:
+            raise ValueError(
+                f"pooling={pooling!r} is not supported by model {name!r} ({exc}). "
+                f"Choose one of {POOLINGS} that the model supports, or pooling=None for "
+                "the model's own pooling."
+            ) from exc
+        raise
+    except (OSError, RuntimeError) as exc:
+        if not pretrained:
+            raise
+        raise RuntimeError(
+            f"Could not load the pretrained weights of {name!r}: {exc}. timm fetches them "
+            "from the Hugging Face hub, or from its local cache when HF_HUB_OFFLINE=1. "
+            "Check the network or the cache (HF_HOME / HF_HUB_CACHE), pass a local "
+            "checkpoint with weights='path/to/file.pth', or weights=None for random "
+            "initialisation."
+        ) from exc
+    if weights is not None and not pretrained:
+        load_weights_file(model, weights)
+    return model.eval()
+
+
+def _has_fixed_input_size(name: str) -> bool:
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except (RuntimeError, KeyError, ValueError):
+        cfg = None
+    return bool(cfg is not None and getattr(cfg, "fixed_input_size", False))
+
+
+def _as_hw(image_size) -> tuple[int, int]:
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise ValueError(
+            f"image_size={image_size!r} is not valid: expected a positive int or a "
+            "(height, width) pair of positive ints."
+        )
+    return size
+
+
+# ----------------------------------------------------------------------- local weights
+
+
+def read_state_dict(path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file: a bare state dict, or one under ``state_dict`` or ``model``."""
+    path = Path(os.fspath(path))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"weights={str(path)!r} is not a file. Expected 'pretrained', None, or the path "
+            f"of a local checkpoint ({', '.join(WEIGHT_SUFFIXES)})."
+        )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path), device="cpu")
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(
+                f"Could not read {str(path)!r} as a PyTorch checkpoint: {exc}. Expected a "
+                f"file saved with torch.save or safetensors ({', '.join(WEIGHT_SUFFIXES)})."
+            ) from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not state:
+        raise ValueError(
+            f"{str(path)!r} holds no state dict: expected a mapping of parameter names to "
+            "tensors, either bare or under 'state_dict' or 'model'."
+        )
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
+    return tensors
+
+
+def load_weights_file(model: nn.Module, path) -> None:
+    """Load a local checkpoint into ``model``, by name or, failing that, by tensor order.
+
+    Names are tried first. A checkpoint whose classifier has another number of classes
+    (a fine-tuned model) resizes the head first. When names differ but every tensor's
+    shape matches in order (weights ported from another framework or implementation),
+    tensors load by order. Anything else raises, naming how many tensors matched: a model
+    never runs silently on random weights.
+    """
+    ckpt = read_state_dict(path)
+    own = model.state_dict()
+    head_names = _classifier_state_names(model)
+
+    head_shapes = {k: ckpt[k].shape for k in head_names if k in ckpt}
+    body_match = all(
+        k in ckpt and ckpt[k].shape == v.shape for k, v in own.items() if k not in head_names
+    )
+    if body_match and head_shapes and any(own[k].shape != s for k, s in head_shapes.items()):
+        weight = next(k for k in head_names if k.endswith("weight"))
+        model.reset_classifier(int(head_shapes[weight][0]))
+        own = model.state_dict()
+
+    by_name = sum(1 for k, v in own.items() if k in ckpt and ckpt[k].shape == v.shape)
+    if by_name == len(own) and len(ckpt) == len(own):
+        model.load_state_dict(ckpt, strict=True)
+        return
+
+    ckpt_items = list(ckpt.items())
+    by_order = 0
+    for (_, mine), (_, theirs) in zip(own.items(), ckpt_items, strict=False):
+        if mine.shape != theirs.shape:
+            break
+        by_order += 1
+    if by_order == len(own) == len(ckpt_items):
+        remapped = {k: v for k, (_, v) in zip(own, ckpt_items, strict=True)}
+        model.load_state_dict(remapped, strict=True)
+        return
+
+    raise ValueError(
+        f"The checkpoint {str(path)!r} does not fit the architecture "
+        f"{type(model).__name__} ({model.pretrained_cfg.get('architecture', '?')}): the model "
+        f"has {len(own)} tensors and the file {len(ckpt)}; {by_name} match by name and "
+        f"shape, and the first {by_order} match by order and shape. Check that the file "
+        "was saved from the same architecture (and variant) as `model`."
+    )
+
+
+def _classifier_state_names(model: nn.Module) -> set[str]:
+    classifier = model.get_classifier()
+    ids = {id(t) for t in classifier.state_dict(keep_vars=True).values()}
+    return {k for k, v in model.state_dict(keep_vars=True).items() if id(v) in ids}
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A short, stable hash of every tensor of the model (names, shapes and values)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------- preprocessing
+
+
+def data_config(model: nn.Module, image_size=None) -> dict:
+    """The model's own preprocessing (size, interpolation, crop, mean, std).
+
+    ``image_size`` (an int or ``(height, width)``) overrides the input size; the crop
+    fraction, interpolation and normalisation stay the model's.
+    """
+    cfg = dict(timm.data.resolve_model_data_config(model))
+    if image_size is not None:
+        cfg["input_size"] = (cfg["input_size"][0], *_as_hw(image_size))
+    return cfg
+
+
+def eval_transform(cfg: dict) -> Callable:
+    """PIL image -> normalised tensor, exactly as the model was evaluated."""
+    return timm.data.create_transform(**cfg, is_training=False)
+
+
+def train_transform(cfg: dict) -> Callable:
+    """A light augmentation: random resized crop (70-100 % of the area) and flips."""
+    return timm.data.create_transform(
+        **cfg, is_training=True, scale=(0.7, 1.0), hflip=0.5, color_jitter=0.0
+    )
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def forward_pooled(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Pooled pre-logits features."""
+    return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+def forward_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x)
+
+
+def n_blocks(model: nn.Module) -> int:
+    """How many feature levels ``forward_intermediates`` can return."""
+    info = getattr(model, "feature_info", None)
+    if not info:
+        raise ValueError(
+            f"{type(model).__name__} does not expose intermediate features "
+            "(no feature_info / forward_intermediates); use layer=None or 'logits'."
+        )
+    return len(info)
+
+
+def forward_blocks(
+    model: nn.Module, x: torch.Tensor, indices: Sequence[int], pooling: str
+) -> torch.Tensor:
+    """Features of the blocks ``indices``, each globally pooled, concatenated."""
+    token = pooling == "token"
+    kwargs = {"return_prefix_tokens": True} if token else {}
+    outs = model.forward_intermediates(
+        x, indices=list(indices), intermediates_only=True, stop_early=True, **kwargs
+    )
+    return torch.cat([_pool(out, pooling) for out in outs], dim=1)
+
+
+def _pool(out, pooling: str) -> torch.Tensor:
+    if pooling == "token":
+        _, prefix = out
+        return prefix[:, 0]
+    dims = (2, 3) if out.ndim == 4 else (1,)
+    if pooling == "avg":
+        return out.mean(dims)
+    if pooling == "max":
+        return out.amax(dims)
+    return 0.5 * (out.mean(dims) + out.amax(dims))
+
+
+def has_prefix_tokens(model: nn.Module) -> bool:
+    return bool(getattr(model, "num_prefix_tokens", 0))
+
+
+def imagenet_label_names() -> list[str]:
+    """The 1,000 ImageNet-1k class descriptions, in timm's index order."""
+    info = timm.data.ImageNetInfo()
+    return [info.index_to_description(i) for i in range(1000)]
+
+
+# ------------------------------------------------------------------- groups & splitting
+
+
+def block_groups(model: nn.Module) -> list[list[str]]:
+    """Parameter names of the backbone's block groups, from the input up; head excluded.
+
+    Groups come from timm's ``group_matcher(coarse=True)`` (stem, each stage, the final
+    norm or conv). Models without a matcher fall back to one group per top-level child.
+    """
+    head_ids = {id(p) for p in model.get_classifier().parameters()}
+    names = [n for n, p in model.named_parameters() if id(p) not in head_ids]
+    if hasattr(model, "group_matcher"):
+        try:
+            grouped = group_parameters(model, model.group_matcher(coarse=True))
+        except NotImplementedError:
+            grouped = None
+    else:
+        grouped = None
+    if grouped is None:
+        grouped, order = {}, {}
+        for n in names:
+            top = n.split(".")[0]
+            order.setdefault(top, len(order))
+            grouped.setdefault(order[top], []).append(n)
+    keep = set(names)
+    groups = [[n for n in grouped[k] if n in keep] for k in sorted(grouped)]
+    return [g for g in groups if g]
+
+
+def classifier_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return list(model.get_classifier().parameters())
+
+
+def reset_head(model: nn.Module, n_outputs: int) -> None:
+    model.reset_classifier(n_outputs)
+
+
+@dataclass
+class _Step:
+    name: str
+    fn: Callable
+    params: frozenset
+
+
+# Known layouts of forward_features, as sequences of attributes; "x*" expands a sequential
+# container into its children. A layout is used only if it reproduces forward_features.
+_LAYOUTS = (
+    ("conv_stem", "bn1", "blocks*", "conv_head", "bn2"),  # EfficientNet
+    ("conv_stem", "bn1", "blocks*"),  # MobileNetV3
+    ("conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3", "layer4"),  # ResNet
+    ("stem", "stages*", "norm_pre"),  # ConvNeXt
+    ("stem", "stages*", "final_conv"),  # RegNet, ByobNet
+    ("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "blocks*", "norm"),  # ViT
+)
+
+
+class SplitForward:
+    """The forward pass cut in two: ``top(bottom(x)) == model(x)``.
+
+    ``bottom`` runs the frozen lower steps of ``forward_features`` (or, with
+    ``head_only``, everything up to the pooled pre-logits features); ``top`` runs the rest
+    and the head. Built only for layouts that reproduce the model's output exactly.
+    """
+
+    def __init__(self, model: nn.Module, steps: list[_Step], cut: int, head_only: bool):
+        self.model = model
+        self.steps = steps
+        self.cut = cut
+        self.head_only = head_only
+
+    def bottom(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head_only:
+            return forward_pooled(self.model, x)
+        for step in self.steps[: self.cut]:
+            x = step.fn(x)
+        return x
+
+    def top(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head_only:
+            x = nn.functional.dropout(
+                x, p=float(getattr(self.model, "drop_rate", 0.0)), training=self.model.training
+            )
+            return self.model.get_classifier()(x)
+        for step in self.steps[self.cut :]:
+            x = step.fn(x)
+        return self.model.forward_head(x)
+
+
+def _layout_steps(model: nn.Module, layout) -> list[_Step] | None:
+    named = dict(model.named_parameters())
+    steps = []
+    for attr in layout:
+        name = attr.rstrip("*")
+        obj = getattr(model, name, None)
+        if obj is None:
+            return None
+        if attr.endswith("*"):
+            if not isinstance(obj, nn.Sequential):
+                return None
+            for i, child in enumerate(obj):
+                prefix = f"{name}.{i}."
+                params = frozenset(n for n in named if n.startswith(prefix))
+                steps.append(_Step(f"{name}.{i}", child, params))
+        elif isinstance(obj, nn.Module):
+            prefix = f"{name}."
+            steps.append(_Step(name, obj, frozenset(n for n in named if n.startswith(prefix))))
+        elif callable(obj):
+            # A method (ViT's _pos_embed): it may use any top-level parameter.
+            steps.append(_Step(name, obj, frozenset(n for n in named if "." not in n)))
+        else:
+            return None
+    return steps
+
+
+def _sequential_steps(model: nn.Module, input_size) -> list[_Step] | None:
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
+        x = x.to(next(model.parameters()).device)
+        with torch.inference_mode():
+            reference = model.forward_features(x)
+            for layout in _LAYOUTS:
+                steps = _layout_steps(model, layout)
+                if steps is None:
+                    continue
+                out = x
+                try:
+                    for step in steps:
+                        out = step.fn(out)
+                except (RuntimeError, TypeError):
+                    continue
+                if out.shape == reference.shape and torch.allclose(out, reference, atol=1e-5):
+                    return steps
+        return None
+    finally:
+        model.train(was_training)
+
+
+def split_forward(
+    model: nn.Module, frozen: set[str], input_size, *, head_only: bool
+) -> SplitForward | None:
+    """Cut the model after its longest prefix of steps whose parameters are all ``frozen``.
+
+    With ``head_only``, the cut is just before the classifier (pre-logits features).
+    Returns ``None`` when the model's layout is unknown or nothing can be cut off.
+    """
+    if head_only:
+        return SplitForward(model, [], cut=0, head_only=True)
+    steps = _sequential_steps(model, input_size)
+    if steps is None:
+        return None
+    cut = 0
+    while cut < len(steps) and steps[cut].params <= frozen:
+        cut += 1
+    if cut == 0:
+        return None
+    return SplitForward(model, steps, cut=cut, head_only=False)
