@@ -1,10 +1,12 @@
 """sktransfer: pretrained timm backbones as scikit-learn estimators."""
 
 from ._features import PretrainedFeatureExtractor, top_imagenet_labels
+from ._finetune import FineTunedClassifier
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FineTunedClassifier",
     "PretrainedFeatureExtractor",
     "top_imagenet_labels",
     "__version__",

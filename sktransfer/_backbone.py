@@ -341,8 +341,10 @@ def block_groups(model: nn.Module) -> list[list[str]]:
     return [g for g in groups if g]
 
 
-def classifier_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return list(model.get_classifier().parameters())
+def classifier_names(model: nn.Module) -> list[str]:
+    """Names of the classifier's parameters."""
+    ids = {id(p) for p in model.get_classifier().parameters()}
+    return [n for n, p in model.named_parameters() if id(p) in ids]
 
 
 def reset_head(model: nn.Module, n_outputs: int) -> None:
@@ -400,6 +402,19 @@ class SplitForward:
         return self.model.forward_head(x)
 
 
+class WholeModel:
+    """The trivial split: nothing is frozen below the input, the top is the whole model."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def bottom(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def top(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
 def _layout_steps(model: nn.Module, layout) -> list[_Step] | None:
     named = dict(model.named_parameters())
     steps = []
@@ -453,20 +468,21 @@ def _sequential_steps(model: nn.Module, input_size) -> list[_Step] | None:
 
 def split_forward(
     model: nn.Module, frozen: set[str], input_size, *, head_only: bool
-) -> SplitForward | None:
+) -> SplitForward | WholeModel:
     """Cut the model after its longest prefix of steps whose parameters are all ``frozen``.
 
     With ``head_only``, the cut is just before the classifier (pre-logits features).
-    Returns ``None`` when the model's layout is unknown or nothing can be cut off.
+    When the layout is unknown or nothing can be cut off, the split is the whole model
+    (its input, the preprocessed images, can still be computed once).
     """
     if head_only:
         return SplitForward(model, [], cut=0, head_only=True)
     steps = _sequential_steps(model, input_size)
     if steps is None:
-        return None
+        return WholeModel(model)
     cut = 0
     while cut < len(steps) and steps[cut].params <= frozen:
         cut += 1
     if cut == 0:
-        return None
+        return WholeModel(model)
     return SplitForward(model, steps, cut=cut, head_only=False)
