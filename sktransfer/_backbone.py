@@ -11,6 +11,7 @@ import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 
 import timm
@@ -51,6 +52,7 @@ def create_backbone(
     pooling: str | None = None,
     image_size=None,
     drop_rate: float | None = None,
+    seed: int = 0,
 ) -> nn.Module:
     """Create a timm model with its original head and load ``weights`` into it.
 
@@ -68,6 +70,9 @@ def create_backbone(
         Input size, passed to architectures with a fixed input size (vision transformers).
     drop_rate : float, default=None
         Dropout before the classifier.
+    seed : int, default=0
+        Seed of the random initialisation, so that ``weights=None`` gives the same
+        weights at every fit (the global torch RNG is left untouched).
 
     Returns
     -------
@@ -85,7 +90,9 @@ def create_backbone(
 
     pretrained = isinstance(weights, str) and weights == "pretrained"
     try:
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except (AssertionError, TypeError, NotImplementedError) as exc:
         if "global_pool" in kwargs:
             raise ValueError(
@@ -118,13 +125,16 @@ def _has_fixed_input_size(name: str) -> bool:
 
 
 def _as_hw(image_size) -> tuple[int, int]:
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+    def valid(s):
+        return isinstance(s, Integral) and not isinstance(s, bool) and s > 0
+
+    size = (image_size, image_size) if valid(image_size) else tuple(image_size)
+    if len(size) != 2 or not all(valid(s) for s in size):
         raise ValueError(
             f"image_size={image_size!r} is not valid: expected a positive int or a "
             "(height, width) pair of positive ints."
         )
-    return size
+    return (int(size[0]), int(size[1]))
 
 
 # ----------------------------------------------------------------------- local weights

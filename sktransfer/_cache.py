@@ -36,7 +36,7 @@ class EmbeddingCache:
     """
 
     def __init__(self, memory, namespace: dict):
-        memory = check_memory(memory)
+        memory = check_memory(os.fspath(memory) if isinstance(memory, os.PathLike) else memory)
         location = getattr(memory, "location", None)
         self.enabled = location is not None
         self.namespace = namespace

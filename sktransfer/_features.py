@@ -158,7 +158,9 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         self : PretrainedFeatureExtractor
         """
         if X is not None:
-            as_images(X)
+            source = as_images(X)
+            if isinstance(source, FileSource):
+                source.check_exist()
         blocks = self._block_indices()
         pooled = blocks is None
         backbone = _backbone.create_backbone(
@@ -331,6 +333,8 @@ def top_imagenet_labels(scores, k=3):
     >>> top_imagenet_labels(scores, k=1)[0][0][0]
     'sports car, sport car'
     """
+    if not isinstance(k, Integral) or isinstance(k, bool) or not 1 <= k <= 1000:
+        raise ValueError(f"k={k!r} is not valid: expected an int between 1 and 1000.")
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2 or scores.shape[1] != 1000:
         raise ValueError(

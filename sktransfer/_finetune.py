@@ -266,7 +266,11 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(seed)
             backbone = _backbone.create_backbone(
-                self.model, self.weights, image_size=self.image_size, drop_rate=self.drop_rate
+                self.model,
+                self.weights,
+                image_size=self.image_size,
+                drop_rate=self.drop_rate,
+                seed=seed,
             )
             _backbone.reset_head(backbone, len(classes) if not multilabel else y_enc.shape[1])
             backbone.to(device)

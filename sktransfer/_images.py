@@ -102,7 +102,7 @@ class ListSource(ImageSource):
         img = self.images[i]
         if self.kind == "array":
             return _to_pil(img, self.layouts[i], self.scales[i])
-        return img if img.mode == "RGB" else img.convert("RGB")
+        return _pil_to_rgb(img, f"Image {i}")
 
     def key(self, i):
         img = self.images[i]
@@ -130,7 +130,8 @@ class FileSource(ImageSource):
         try:
             with Image.open(path) as img:
                 img.load()
-                return img.convert("RGB")
+                # high bit depths are checked by the array rule below, outside this try
+                decoded = img.copy() if img.mode in _HIGH_DEPTH_MODES else img.convert("RGB")
         except FileNotFoundError as exc:
             raise ValueError(f"Image {i} ({path!r}) does not exist.") from exc
         except UnidentifiedImageError as exc:
@@ -139,6 +140,7 @@ class FileSource(ImageSource):
             ) from exc
         except (OSError, SyntaxError, ValueError) as exc:
             raise ValueError(f"Image {i} ({path!r}) is truncated or corrupt: {exc}") from exc
+        return _pil_to_rgb(decoded, f"Image {i} ({path!r})")
 
     def key(self, i):
         if self._keys is None:
@@ -307,6 +309,20 @@ def _to_pil(img: np.ndarray, layout: str, scale: float) -> Image.Image:
         img = img[..., :3]
     img = Image.fromarray(np.ascontiguousarray(img))
     return img if img.mode == "RGB" else img.convert("RGB")
+
+
+_HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def _pil_to_rgb(img: Image.Image, where: str) -> Image.Image:
+    """RGB from any PIL mode. 16-bit, 32-bit and float images follow the array rule
+    (PIL's own conversion would clip them to 255 silently)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in _HIGH_DEPTH_MODES:
+        pixels = np.asarray(img)
+        return _to_pil(pixels, "hw", _pixel_scale(pixels, where=where))
+    return img.convert("RGB")
 
 
 def _hash_array(img: np.ndarray, tag: str) -> bytes:
