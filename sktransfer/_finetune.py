@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 from numbers import Integral, Real
 
 import numpy as np
@@ -245,7 +247,7 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         self : FineTunedClassifier
         """
         for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
-            delattr(self, attr)  # a failed refit leaves an unfitted estimator, not a mix
+            delattr(self, attr)  # a fit that fails below leaves no half-fitted state
         source = as_images(X)
         if isinstance(source, FileSource):
             source.check_exist()
@@ -263,8 +265,10 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         train_precision = "bfloat16" if precision == "float16" else precision
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         fork_devices = [torch.cuda.current_device()] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=fork_devices):
+        python_rng = random.getstate()  # timm's augmentations draw from `random`
+        with torch.random.fork_rng(devices=fork_devices), _restoring(python_rng):
             torch.manual_seed(seed)
+            random.seed(seed)
             backbone = _backbone.create_backbone(
                 self.model,
                 self.weights,
@@ -449,7 +453,7 @@ class _Trainer:
             split = _backbone.split_forward(
                 self.backbone, frozen, self.cfg["input_size"], head_only=head_only
             )
-        train_X, valid_X = self._inputs(split)
+        train_X, valid_X, split = self._inputs(split)
         self.cached = self.cached or split is not None
         net = self.build_net(lr_groups, name, split, epochs, len(self.train_idx))
         if valid_X is not None:
@@ -458,8 +462,9 @@ class _Trainer:
         return net
 
     def _inputs(self, split):
-        """Training and validation data: cached activations of the frozen bottom when
-        there is one (and it fits in memory), else images decoded on the fly."""
+        """Training and validation data, and the split they are for: cached activations
+        of the frozen bottom when there is one (and they fit in memory), else images
+        decoded on the fly (and no split)."""
         y_t = torch.as_tensor(self.y, dtype=torch.float32 if self.multilabel else torch.long)
         n_valid = len(self.valid_idx)
         if split is not None:
@@ -471,8 +476,7 @@ class _Trainer:
                     if n_valid
                     else None
                 )
-                return train, valid
-            split = None
+                return train, valid, split
         aug = self.est.augment
         if aug is None:
             train_tf = self.eval_tf
@@ -486,7 +490,7 @@ class _Trainer:
             if n_valid
             else None
         )
-        return train, valid
+        return train, valid, None
 
     def _bottom(self, split, positions) -> torch.Tensor:
         self.backbone.eval()
@@ -553,12 +557,20 @@ class _Trainer:
             return nn.BCEWithLogitsLoss()
         weight = None
         if est.class_weight is not None:
-            labels = self.classes[self.y]
+            labels = self.classes[self.y[self.train_idx]]  # validation labels excluded
             weight = torch.as_tensor(
                 compute_class_weight(est.class_weight, classes=self.classes, y=labels),
                 dtype=torch.float32,
             )
         return nn.CrossEntropyLoss(weight=weight, label_smoothing=est.label_smoothing)
+
+
+@contextlib.contextmanager
+def _restoring(python_rng_state):
+    try:
+        yield
+    finally:
+        random.setstate(python_rng_state)
 
 
 class _Compose:
@@ -575,17 +587,18 @@ def _encode_labels(y, n_images):
     """Validate ``y`` and encode it: (classes, encoded targets, is_multilabel)."""
     if y is None:
         raise ValueError("FineTunedClassifier needs labels: y is None.")
-    y_arr = np.asarray(y, dtype=object if _has_none(y) else None)
-    if len(y_arr) != n_images:
+    values = np.asarray(y, dtype=object)
+    if len(values) != n_images:
         raise ValueError(
-            f"X and y have different lengths: {n_images} images but {len(y_arr)} labels."
+            f"X and y have different lengths: {n_images} images but {len(values)} labels."
         )
-    if y_arr.dtype == object and any(v is None for v in y_arr.ravel()):
-        first = next(i for i, v in enumerate(y_arr.ravel()) if v is None)
-        raise ValueError(f"y contains None (first at index {first}); every image needs a label.")
-    if y_arr.dtype.kind == "f" and not np.isfinite(y_arr).all():
-        first = int(np.argwhere(~np.isfinite(y_arr))[0][0])
-        raise ValueError(f"y contains NaN or infinite values (first at index {first}).")
+    # Scan as objects: np.asarray would turn None or NaN among strings into classes.
+    for i, v in enumerate(values.ravel()):
+        if v is None:
+            raise ValueError(f"y contains None (first at index {i}); every image needs a label.")
+        if isinstance(v, float | np.floating) and not np.isfinite(v):
+            raise ValueError(f"y contains NaN or infinite values (first at index {i}).")
+    y_arr = np.asarray(y)
     kind = type_of_target(y_arr, input_name="y")
     if kind == "multilabel-indicator":
         if y_arr.shape[1] < 2:
@@ -599,17 +612,10 @@ def _encode_labels(y, n_images):
     encoder = LabelEncoder().fit(y_arr.ravel())
     if len(encoder.classes_) < 2:
         raise ValueError(
-            f"y has a single class ({encoder.classes_[0]!r}); a classifier needs at least "
-            "two classes."
+            f"y has a single class ({encoder.classes_[0].item()!r}); a classifier needs at "
+            "least two classes."
         )
     return encoder.classes_, encoder.transform(y_arr.ravel()), False
-
-
-def _has_none(y) -> bool:
-    try:
-        return any(v is None for v in y)
-    except TypeError:
-        return False
 
 
 def _epoch_records(history, offset):

@@ -44,12 +44,7 @@ class TransferModule(nn.Module):
         trainable = {n for names in self.group_names for n in names}
         for name, param in backbone.named_parameters():
             param.requires_grad_(name in trainable)
-        self._frozen_modules = [
-            m
-            for m in backbone.modules()
-            if any(True for _ in m.parameters())
-            and not any(p.requires_grad for p in m.parameters())
-        ]
+        self._frozen_modules = _frozen_modules(backbone)
 
     def forward(self, x):
         if self.split is None:
@@ -79,6 +74,9 @@ class TransferModule(nn.Module):
         return groups
 
 
+_SAME_AS_MODULE_ = "<same as module_>"
+
+
 class TransferNet(NeuralNet):
     """A skorch ``NeuralNet`` whose optimizer takes the module's explicit parameter
     groups, and whose forward pass autocasts to the requested precision."""
@@ -92,9 +90,43 @@ class TransferNet(NeuralNet):
         self.optimizer_ = self.optimizer(self.module_.param_groups(), lr=self.lr, **kwargs)
         return self
 
+    def __getstate__(self):
+        # `module` is the very instance of `module_`; skorch pickles `module_` through its
+        # device-mapping path, so pickling `module` as well would store the weights twice,
+        # the second copy without device mapping.
+        state = super().__getstate__()
+        if state.get("module") is getattr(self, "module_", None):
+            state["module"] = _SAME_AS_MODULE_
+        return state
+
+    def __setstate__(self, state):
+        same = isinstance(state.get("module"), str) and state["module"] == _SAME_AS_MODULE_
+        super().__setstate__(state)
+        if same:
+            self.module = self.module_
+
     def infer(self, x, **fit_params):
         with autocast(torch.device(self.device), self.precision):
             return super().infer(x, **fit_params).float()
+
+
+def _frozen_modules(backbone: nn.Module) -> list[nn.Module]:
+    """Modules to keep in eval mode: those whose parameters are all frozen, and
+    parameter-free modules with buffers (a BatchNorm without affine parameters) whose
+    nearest ancestor with parameters is frozen."""
+    modules = dict(backbone.named_modules())
+    frozen = []
+    for name, module in modules.items():
+        owner = module
+        while not any(True for _ in owner.parameters()):
+            if not name or not any(True for _ in module.buffers()):
+                owner = None
+                break
+            name = name.rpartition(".")[0]
+            owner = modules[name]
+        if owner is not None and not any(p.requires_grad for p in owner.parameters()):
+            frozen.append(module)
+    return frozen
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int):
