@@ -272,7 +272,13 @@ def predict_in_fresh_process(tmp_path, X, paths) -> list[np.ndarray]:
     return its ``predict_proba(X)``."""
     x_path = tmp_path / "X.npy"
     np.save(x_path, X)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        CUDA_VISIBLE_DEVICES="",
+        # the last bits of float32 results depend on the number of threads: use ours
+        OMP_NUM_THREADS=str(torch.get_num_threads()),
+    )
     done = subprocess.run(
         [sys.executable, "-c", _LOAD_AND_PREDICT, str(x_path), *map(str, paths)],
         env=env,

@@ -49,6 +49,8 @@ import sktransfer._finetune
 from sktransfer import FineTunedClassifier
 from sktransfer._backbone import block_groups, classifier_names
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ANIMALS = np.array(["dog", "cat", "eel"])  # not sorted: classes_ must be
 
 

@@ -24,6 +24,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from sktransfer import FineTunedClassifier
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 MODELS = ["test_efficientnet", "test_resnet"]
 
 
