@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import _backbone
 from ._cache import EmbeddingCache
 from ._device import dumps_torch, loadable_device, loads_torch, resolve_device, resolve_precision
-from ._images import FileSource, as_images
+from ._images import as_images
 from ._inference import run_batches
 
 PRECISIONS = ("auto", "float32", "float16", "bfloat16")
@@ -158,9 +158,7 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         self : PretrainedFeatureExtractor
         """
         if X is not None:
-            source = as_images(X)
-            if isinstance(source, FileSource):
-                source.check_exist()
+            as_images(X)  # validate early; files are checked to exist
         blocks = self._block_indices()
         pooled = blocks is None
         backbone = _backbone.create_backbone(
@@ -207,8 +205,6 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         """
         check_is_fitted(self)
         source = as_images(X)
-        if isinstance(source, FileSource):
-            source.check_exist()
         n = len(source)
         if self.memory is None:
             return self._embed(source, np.arange(n))

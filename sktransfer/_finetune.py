@@ -24,7 +24,7 @@ from torch import nn
 
 from . import _backbone
 from ._device import resolve_device, resolve_precision
-from ._images import FileSource, ImageDataset, as_images
+from ._images import ImageDataset, as_images
 from ._inference import run_batches
 from ._training import (
     OPTIMIZERS,
@@ -249,8 +249,6 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
             delattr(self, attr)  # a fit that fails below leaves no half-fitted state
         source = as_images(X)
-        if isinstance(source, FileSource):
-            source.check_exist()
         classes, y_enc, multilabel = _encode_labels(y, len(source))
         if self.early_stopping is not None and self.validation_fraction == 0:
             raise ValueError(
@@ -393,8 +391,6 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
     def _logits(self, X) -> np.ndarray:
         check_is_fitted(self)
         source = as_images(X)
-        if isinstance(source, FileSource):
-            source.check_exist()
         device = torch.device(self.net_.device)
         module = self.net_.module_.eval()
         return run_batches(

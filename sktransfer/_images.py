@@ -167,7 +167,10 @@ class FileSource(ImageSource):
 
 
 def as_images(X) -> ImageSource:
-    """Validate ``X`` and wrap it in an :class:`ImageSource` (nothing is decoded yet)."""
+    """Validate ``X`` and wrap it in an :class:`ImageSource`.
+
+    Nothing is decoded yet; files are only checked to exist.
+    """
     if isinstance(X, ImageSource):
         return X
     X = _unwrap_pandas(X)
@@ -203,7 +206,9 @@ def as_images(X) -> ImageSource:
                 f"{_KIND_NAMES[kind]}. Pass only file paths, only PIL images or only arrays."
             )
     if first == "path":
-        return FileSource(X)
+        source = FileSource(X)
+        source.check_exist()  # every file is stat'ed now (its cache key), none is opened
+        return source
     return ListSource(X, first)
 
 
@@ -237,36 +242,41 @@ def _unwrap_pandas(X):
     return X.tolist()
 
 
-def _stack_layout(X: np.ndarray) -> str:
-    if X.ndim == 3:
+def _layout(shape) -> str | None:
+    """The layout of one image's shape ("hw", "hwc" or "chw"), or None if none fits."""
+    if len(shape) == 2:
         return "hw"
-    if X.ndim == 4:
-        if X.shape[-1] in _CHANNELS:
+    if len(shape) == 3:
+        if shape[-1] in _CHANNELS:
             return "hwc"
-        if X.shape[1] in _CHANNELS:
+        if shape[0] in _CHANNELS:
             return "chw"
+    return None
+
+
+def _stack_layout(X: np.ndarray) -> str:
+    if X.ndim not in (3, 4):
+        raise ValueError(
+            f"Expected an array of images with 3 dimensions (n, h, w) or 4 dimensions "
+            f"(n, h, w, c) / (n, c, h, w); got {X.ndim} dimensions, shape {X.shape}."
+        )
+    layout = _layout(X.shape[1:])
+    if layout is None:
         raise ValueError(
             f"Cannot find the channel axis of an array of shape {X.shape}: expected "
             "(n, h, w, c) or (n, c, h, w) with c in {1, 3, 4}."
         )
-    raise ValueError(
-        f"Expected an array of images with 3 dimensions (n, h, w) or 4 dimensions "
-        f"(n, h, w, c) / (n, c, h, w); got {X.ndim} dimensions, shape {X.shape}."
-    )
+    return layout
 
 
 def _image_layout(img: np.ndarray, i: int) -> str:
-    if img.ndim == 2:
-        return "hw"
-    if img.ndim == 3:
-        if img.shape[-1] in _CHANNELS:
-            return "hwc"
-        if img.shape[0] in _CHANNELS:
-            return "chw"
-    raise ValueError(
-        f"Image {i} has shape {img.shape}; expected (h, w), (h, w, c) or (c, h, w) "
-        "with c in {1, 3, 4}."
-    )
+    layout = _layout(img.shape)
+    if layout is None:
+        raise ValueError(
+            f"Image {i} has shape {img.shape}; expected (h, w), (h, w, c) or (c, h, w) "
+            "with c in {1, 3, 4}."
+        )
+    return layout
 
 
 def _pixel_scale(X: np.ndarray, where: str) -> float:
