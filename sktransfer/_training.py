@@ -126,7 +126,10 @@ def _frozen_modules(backbone: nn.Module) -> list[nn.Module]:
             owner = modules[name]
         if owner is not None and not any(p.requires_grad for p in owner.parameters()):
             frozen.append(module)
-    return frozen
+    # eval() recurses: calling it on the outermost frozen modules only is enough, and
+    # train() runs every batch, so the list stays short.
+    inner = {id(child) for m in frozen for child in m.modules() if child is not m}
+    return [m for m in frozen if id(m) not in inner]
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int):
