@@ -1,5 +1,6 @@
 """sktransfer: pretrained timm backbones as scikit-learn estimators."""
 
+from ._display import TrainingHistoryDisplay
 from ._features import PretrainedFeatureExtractor, top_imagenet_labels
 from ._finetune import FineTunedClassifier
 
@@ -8,6 +9,7 @@ __version__ = "0.1.0"
 __all__ = [
     "FineTunedClassifier",
     "PretrainedFeatureExtractor",
+    "TrainingHistoryDisplay",
     "top_imagenet_labels",
     "__version__",
 ]
