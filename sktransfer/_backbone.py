@@ -16,8 +16,9 @@ from pathlib import Path
 
 import timm
 import timm.data
+import timm.utils
 import torch
-from timm.models._manipulate import group_parameters
+from timm.models import group_parameters
 from torch import nn
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
@@ -258,11 +259,50 @@ def eval_transform(cfg: dict) -> Callable:
     return timm.data.create_transform(**cfg, is_training=False)
 
 
-def train_transform(cfg: dict) -> Callable:
-    """A light augmentation: random resized crop (70-100 % of the area) and flips."""
+# Training augmentations by name: timm's auto-augment policy strings on top of a random
+# resized crop (70-100 % of the area) and horizontal flips. TrivialAugment is RandAugment
+# with one operation, always applied, at a uniformly drawn magnitude ("mstd" > 100).
+AUGMENT_POLICIES = {
+    "light": None,
+    "randaugment": "rand-m9-mstd0.5-inc1",
+    "trivialaugment": "rand-n1-m10-mstd101-inc1-p1.0",
+}
+
+
+def train_transform(cfg: dict, preset: str = "light") -> Callable:
+    """A named training augmentation followed by the model's own normalisation."""
     return timm.data.create_transform(
-        **cfg, is_training=True, scale=(0.7, 1.0), hflip=0.5, color_jitter=0.0
+        **cfg,
+        is_training=True,
+        scale=(0.7, 1.0),
+        hflip=0.5,
+        color_jitter=0.0,
+        auto_augment=AUGMENT_POLICIES[preset],
     )
+
+
+def batch_mixer(
+    mixup: float, cutmix: float, *, label_smoothing: float, n_classes: int, multilabel: bool
+):
+    """timm's ``Mixup``: mixes a batch and its one-hot (or multi-hot) targets, smoothed."""
+    return timm.data.Mixup(
+        mixup_alpha=mixup,
+        cutmix_alpha=cutmix,
+        label_smoothing=label_smoothing,
+        num_classes=n_classes,
+        multi_label=multilabel,
+    )
+
+
+def weight_average(model: nn.Module, decay: float):
+    """timm's ``ModelEmaV3`` of ``model``, with the decay warming up over the first steps
+    (short fine-tunes take hundreds of steps, not millions)."""
+    return timm.utils.ModelEmaV3(model, decay=decay, use_warmup=True)
+
+
+def prefers_channels_last(model: nn.Module) -> bool:
+    """Whether the model is a convolutional network (channels-last memory is faster)."""
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 # --------------------------------------------------------------------------- inference
@@ -393,6 +433,8 @@ class SplitForward:
         self.steps = steps
         self.cut = cut
         self.head_only = head_only
+        # where the cut lies, as part of the cache key of the bottom's output
+        self.point = "pooled" if head_only else f"after {steps[cut - 1].name}"
 
     def bottom(self, x: torch.Tensor) -> torch.Tensor:
         if self.head_only:
@@ -407,13 +449,24 @@ class SplitForward:
                 x, p=float(getattr(self.model, "drop_rate", 0.0)), training=self.model.training
             )
             return self.model.get_classifier()(x)
+        return self.model.forward_head(self._features(x))
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled pre-logits features from the output of ``bottom``."""
+        if self.head_only:
+            return x
+        return self.model.forward_head(self._features(x), pre_logits=True)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
         for step in self.steps[self.cut :]:
             x = step.fn(x)
-        return self.model.forward_head(x)
+        return x
 
 
 class WholeModel:
     """The trivial split: nothing is frozen below the input, the top is the whole model."""
+
+    point = "input"
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -423,6 +476,9 @@ class WholeModel:
 
     def top(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return forward_pooled(self.model, x)
 
 
 def _layout_steps(model: nn.Module, layout) -> list[_Step] | None:

@@ -5,6 +5,10 @@ size and modification time for files), inside a namespace that fingerprints ever
 else the embedding depends on: the model name, a hash of its weights, the preprocessing,
 the layer, the pooling and the precision. Change any of those and every lookup misses.
 
+The fine-tuner caches the output of its frozen bottom the same way (the layer names the
+cut point), and its pooled features under the very namespace of the extractor, so a
+probe and a head-only fine-tune share them.
+
 Embeddings are written in shards, one per ``transform`` call, with an atomic rename, so
 parallel cross-validation workers can share one cache folder safely. Hashing a whole
 input array, as ``Pipeline(memory=...)`` does, is never needed: a fold that contains
@@ -13,15 +17,32 @@ images seen in any earlier fold pays only for the new ones.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import joblib
 import numpy as np
 from sklearn.utils.validation import check_memory
+
+
+def cache_namespace(
+    *, model: str, weights: str, data_config: dict, layer, pooling, precision: str, device
+) -> dict:
+    """Everything besides the image that a cached row depends on."""
+    return {
+        "model": model,
+        "weights": weights,
+        "preprocessing": {k: data_config[k] for k in sorted(data_config)},
+        "layer": layer,
+        "pooling": pooling,
+        "precision": precision,
+        "device_type": device.type,
+    }
 
 
 class EmbeddingCache:
@@ -75,3 +96,61 @@ class EmbeddingCache:
         tmp = self.folder / f".{name}.tmp"
         joblib.dump({"keys": list(keys), "rows": np.ascontiguousarray(rows)}, tmp)
         os.replace(tmp, self.folder / f"{name}.joblib")
+
+    def rows(
+        self, keys: list[bytes], compute: Callable, allocate: Callable | None = None
+    ) -> np.ndarray:
+        """The rows of ``keys``: cached ones looked up, the others computed once each by
+        ``compute(positions, allocate)`` (positions into ``keys``) and stored.
+
+        Parallel workers sharing the folder take a lock while they compute, and look up
+        again under it, so no row is computed twice across a grid search.
+        """
+        found = self.lookup(keys)
+        missing = _first_positions(keys, found)
+        if missing and self.enabled:
+            with self._lock():
+                found.update(self.lookup([keys[i] for i in missing]))
+                missing = _first_positions(keys, found)
+                if missing:
+                    rows = compute(np.array(missing, dtype=np.int64), allocate)
+                    new_keys = [keys[i] for i in missing]
+                    self.store(new_keys, rows)
+                    if len(missing) == len(keys):
+                        return rows  # computed in order, in the caller's array: no copy
+                    found.update(zip(new_keys, rows, strict=True))
+        elif missing:
+            return compute(np.arange(len(keys)), allocate)
+        shape = (len(keys), *next(iter(found.values())).shape)
+        out = (allocate or _empty)(shape)
+        for i, key in enumerate(keys):
+            out[i] = found[key]
+        return out
+
+    @contextlib.contextmanager
+    def _lock(self):
+        try:
+            import fcntl
+        except ImportError:  # no POSIX locks (Windows): workers may duplicate work
+            yield
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _first_positions(keys, found) -> list[int]:
+    """Positions of the first occurrence of each key not in ``found``."""
+    first = {}
+    for i, key in enumerate(keys):
+        if key not in found:
+            first.setdefault(key, i)
+    return list(first.values())
+
+
+def _empty(shape) -> np.ndarray:
+    return np.empty(shape, dtype=np.float32)

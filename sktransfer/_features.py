@@ -17,7 +17,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from . import _backbone
-from ._cache import EmbeddingCache
+from ._cache import EmbeddingCache, cache_namespace
 from ._device import dumps_torch, loadable_device, loads_torch, resolve_device, resolve_precision
 from ._images import as_images
 from ._inference import run_batches
@@ -182,7 +182,7 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
                 )
         self.device_ = resolve_device(self.device)
         self.precision_ = resolve_precision(self.precision, self.device_)
-        self.backbone_ = backbone.to(self.device_).eval()
+        self.backbone_ = _to_device(backbone, self.device_)
         self.data_config_ = _backbone.data_config(backbone, self.image_size)
         self.weights_fingerprint_ = _backbone.weights_fingerprint(backbone)
         probe = torch.zeros(1, *self.data_config_["input_size"], device=self.device_)
@@ -211,20 +211,7 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
 
         cache = EmbeddingCache(self.memory, self._cache_namespace())
         keys = [source.key(i) for i in range(n)]
-        found = cache.lookup(keys)
-        first_seen = {}
-        for i, key in enumerate(keys):
-            if key not in found:
-                first_seen.setdefault(key, i)
-        if first_seen:
-            new_keys = list(first_seen)
-            rows = self._embed(source, np.fromiter(first_seen.values(), dtype=np.int64))
-            cache.store(new_keys, rows)
-            found.update(zip(new_keys, rows, strict=True))
-        out = np.empty((n, self.n_features_out_), dtype=np.float32)
-        for i, key in enumerate(keys):
-            out[i] = found[key]
-        return out
+        return cache.rows(keys, lambda positions, _: self._embed(source, positions))
 
     def _embed(self, source, positions) -> np.ndarray:
         """Run the backbone on the images at ``positions`` (the only place that does)."""
@@ -239,6 +226,7 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
             device=self.device_,
             precision=self.precision_,
             num_workers=self.num_workers,
+            channels_last=_backbone.prefers_channels_last(self.backbone_),
             verbose=bool(self.verbose),
         )
 
@@ -264,16 +252,15 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         return [int(b) for b in self.layer]
 
     def _cache_namespace(self) -> dict:
-        cfg = self.data_config_
-        return {
-            "model": self.model,
-            "weights": self.weights_fingerprint_,
-            "preprocessing": {k: cfg[k] for k in sorted(cfg)},
-            "layer": self.layer,
-            "pooling": self.pooling,
-            "precision": self.precision_,
-            "device_type": self.device_.type,
-        }
+        return cache_namespace(
+            model=self.model,
+            weights=self.weights_fingerprint_,
+            data_config=self.data_config_,
+            layer=self.layer,
+            pooling=self.pooling,
+            precision=self.precision_,
+            device=self.device_,
+        )
 
     @property
     def _n_features_out(self):
@@ -302,6 +289,14 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         tags.input_tags.string = True
         tags.transformer_tags.preserves_dtype = []
         return tags
+
+
+def _to_device(model, device):
+    """The model on ``device``, in eval mode, channels-last if it is a convolutional net."""
+    model = model.to(device).eval()
+    if _backbone.prefers_channels_last(model):
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def top_imagenet_labels(scores, k=3):

@@ -13,30 +13,17 @@ from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
+from sklearn.utils._param_validation import HasMethods, Interval, RealNotInt, StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted
-from skorch.callbacks import EarlyStopping, LRScheduler, ProgressBar
-from skorch.dataset import Dataset
-from skorch.helper import predefined_split
-from torch import nn
 
 from . import _backbone
 from ._device import resolve_device, resolve_precision
-from ._images import ImageDataset, as_images
-from ._inference import run_batches
-from ._training import (
-    OPTIMIZERS,
-    StageName,
-    TransferModule,
-    TransferNet,
-    ValidAccuracy,
-    warmup_cosine,
-)
-
-# Cached frozen activations above this size are streamed instead (recomputed each epoch).
-MAX_CACHED_BYTES = int(os.environ.get("SKTRANSFER_MAX_CACHED_BYTES", 4 * 2**30))
+from ._images import as_images
+from ._inference import parse_bytes, run_batches
+from ._trainer import Stage, Trainer, TrainingData, TrainingPlan
+from ._training import OPTIMIZERS
 
 
 class FineTunedClassifier(ClassifierMixin, BaseEstimator):
@@ -49,8 +36,10 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
     group towards the input. skorch runs the loop (the net is kept as ``net_``).
 
     Frozen layers are never paid for twice: without augmentation their output is the
-    same every epoch, so it is computed once per fit and only the trainable top runs in
-    each epoch. Frozen parameters and BatchNorm statistics stay exactly unchanged.
+    same every epoch, so the images are decoded and the frozen bottom computed once per
+    fit (the head stage's features are derived from it), and only the trainable top runs
+    in each epoch. With ``memory``, they are computed once per image for a whole grid
+    search. Frozen parameters and BatchNorm statistics stay exactly unchanged.
 
     Parameters
     ----------
@@ -78,11 +67,32 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
     weight_decay : float, default=0.01
         Applied to weights, not to biases or normalisation parameters.
     batch_size : int, default=32
-    augment : None, "light" or callable, default=None
-        Training-time augmentation; validation and prediction never see it. ``"light"``:
-        random resized crops (70-100 % of the area) and horizontal flips. A callable takes
-        and returns a PIL image (e.g. a torchvision transform) and runs before the model's
-        own preprocessing. With augmentation, frozen activations cannot be cached.
+    augment : None, "light", "randaugment", "trivialaugment" or callable, default=None
+        Training-time augmentation (timm's ``create_transform``); validation and
+        prediction never see it. ``"light"``: random resized crops (70-100 % of the area)
+        and horizontal flips; ``"randaugment"`` adds RandAugment (timm's
+        ``rand-m9-mstd0.5-inc1``), ``"trivialaugment"`` TrivialAugment (one random
+        operation at a random magnitude). A callable takes and returns a PIL image (e.g. a
+        torchvision transform) and runs before the model's own preprocessing. With
+        augmentation, frozen activations cannot be cached.
+    batchnorm : {"auto", "frozen", "train"}, default="auto"
+        BatchNorm layers in the trainable groups: ``"frozen"`` keeps their running
+        statistics the pretrained ones (eval mode) while their affine weights train;
+        ``"train"`` updates them from each batch as usual. ``"auto"``: frozen with
+        pretrained or file weights, train with ``weights=None``. Frozen groups always
+        keep theirs.
+    mixup : float, default=0.0
+        Alpha of mixup (timm's ``Mixup``); ``0`` turns it off. With cached activations
+        the mix happens at the cut (manifold mixup).
+    cutmix : float, default=0.0
+        Alpha of CutMix; ``0`` turns it off. Stages trained on pooled features (the head
+        stage without augmentation) use mixup only. Both need an even ``batch_size``.
+    ema : float or None, default=None
+        Decay of an exponential moving average of the weights (timm's ``ModelEmaV3``,
+        with warm-up), in (0, 1); the average is the model kept for prediction.
+    tta : {None, "hflip", "flips"}, default=None
+        Test-time augmentation in ``predict_proba``: probabilities averaged over the
+        image and its horizontal flip, or over all four horizontal/vertical flips.
     image_size : int or (int, int), default=None
         Override the model's input size.
     validation_fraction : float, default=0.0
@@ -110,6 +120,14 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         Print skorch's epoch table and a progress bar.
     callbacks : list of skorch callbacks or None, default=None
         Extra callbacks, added to every stage.
+    memory : str, path-like, joblib.Memory or None, default=None
+        Folder of the per-image activation cache, shared with
+        :class:`PretrainedFeatureExtractor` (same keys): frozen activations at each cut
+        point, and pooled features, are computed once per image across fits.
+    activation_budget : int or str, default="4GiB"
+        How much memory the frozen activations of one fit may take (bytes, or a string
+        such as ``"500MB"``); beyond it they spill to memory-mapped files (under
+        ``memory``, or a temporary folder) that are deleted after the fit.
 
     Attributes
     ----------
@@ -119,8 +137,9 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         The net that ran the last stage, trimmed for prediction; ``net_.module_.backbone``
         is the fine-tuned timm model.
     history_ : list of dict
-        Per-epoch records of both stages: ``stage``, ``train_loss``, and with validation
-        ``valid_loss`` and ``valid_acc``.
+        Per-epoch records of both stages: ``epoch``, ``stage``, ``train_loss``,
+        ``train_acc`` (without mixing), ``dur``, and with validation ``valid_loss`` and
+        ``valid_acc``. See :class:`TrainingHistoryDisplay`.
     n_groups_ : int
         Number of block groups of the backbone.
     frozen_groups_ : int
@@ -162,7 +181,12 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         "optimizer": [StrOptions(set(OPTIMIZERS))],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "augment": [None, StrOptions({"light"}), callable],
+        "augment": [None, StrOptions(set(_backbone.AUGMENT_POLICIES)), callable],
+        "batchnorm": [StrOptions({"auto", "frozen", "train"})],
+        "mixup": [Interval(Real, 0, None, closed="left")],
+        "cutmix": [Interval(Real, 0, None, closed="left")],
+        "ema": [None, Interval(Real, 0, 1, closed="neither")],
+        "tta": [None, StrOptions({"hflip", "flips"})],
         "image_size": [None, Interval(Integral, 1, None, closed="left"), tuple, list],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "early_stopping": [None, Interval(Integral, 1, None, closed="left")],
@@ -175,6 +199,8 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "callbacks": [None, list],
+        "memory": [None, str, os.PathLike, HasMethods(["cache"])],
+        "activation_budget": [Interval(Integral, 0, None, closed="left"), str],
     }
 
     def __init__(
@@ -191,6 +217,11 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         weight_decay=0.01,
         batch_size=32,
         augment=None,
+        batchnorm="auto",
+        mixup=0.0,
+        cutmix=0.0,
+        ema=None,
+        tta=None,
         image_size=None,
         validation_fraction=0.0,
         early_stopping=None,
@@ -203,6 +234,8 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         random_state=None,
         verbose=False,
         callbacks=None,
+        memory=None,
+        activation_budget="4GiB",
     ):
         self.model = model
         self.weights = weights
@@ -215,6 +248,11 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         self.weight_decay = weight_decay
         self.batch_size = batch_size
         self.augment = augment
+        self.batchnorm = batchnorm
+        self.mixup = mixup
+        self.cutmix = cutmix
+        self.ema = ema
+        self.tta = tta
         self.image_size = image_size
         self.validation_fraction = validation_fraction
         self.early_stopping = early_stopping
@@ -227,11 +265,13 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks
+        self.memory = memory
+        self.activation_budget = activation_budget
 
     # ------------------------------------------------------------------------- fit
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fine-tune the backbone on images ``X`` with labels ``y``.
 
         Parameters
@@ -241,6 +281,10 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         y : array-like of shape (n_images,) or (n_images, n_labels)
             Class labels (any type scikit-learn accepts), or a 2-D 0/1 indicator matrix
             for multilabel targets.
+        sample_weight : array-like of shape (n_images,), default=None
+            Non-negative weights of the images in the loss (scaled to a mean of 1 over
+            the training images). Routed by ``GridSearchCV`` and, with metadata routing
+            on, requested by ``set_fit_request(sample_weight=True)``.
 
         Returns
         -------
@@ -250,17 +294,11 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
             delattr(self, attr)  # a fit that fails below leaves no half-fitted state
         source = as_images(X)
         classes, y_enc, multilabel = _encode_labels(y, len(source))
-        if self.early_stopping is not None and self.validation_fraction == 0:
-            raise ValueError(
-                f"early_stopping={self.early_stopping} needs a validation set; set "
-                "validation_fraction > 0 (e.g. 0.1) or early_stopping=None."
-            )
-        if self.class_weight is not None and multilabel:
-            raise ValueError("class_weight is not supported for multilabel targets.")
+        weights = _check_sample_weight(sample_weight, len(source))
+        self._check_combinations(multilabel, weights)
 
         device = resolve_device(self.device)
         precision = resolve_precision(self.precision, device)
-        train_precision = "bfloat16" if precision == "float16" else precision
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         fork_devices = [torch.cuda.current_device()] if device.type == "cuda" else []
         python_rng = random.getstate()  # timm's augmentations draw from `random`
@@ -274,46 +312,25 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
                 drop_rate=self.drop_rate,
                 seed=seed,
             )
-            _backbone.reset_head(backbone, len(classes) if not multilabel else y_enc.shape[1])
+            identity = self._cache_identity(backbone)
+            n_outputs = y_enc.shape[1] if multilabel else len(classes)
+            _backbone.reset_head(backbone, n_outputs)
             backbone.to(device)
             groups = _backbone.block_groups(backbone)
             frozen_groups = self._resolve_freeze_depth(len(groups))
             cfg = _backbone.data_config(backbone, self.image_size)
             train_idx, valid_idx = self._split(y_enc, multilabel, seed)
-            trainer = _Trainer(
-                self,
-                backbone,
-                source,
-                y_enc,
-                train_idx,
-                valid_idx,
-                cfg,
-                device,
-                train_precision,
-                multilabel,
-                classes,
+            if weights is not None:
+                weights = weights / weights[train_idx].mean()
+            data = TrainingData(
+                source, y_enc, train_idx, valid_idx, cfg, multilabel, n_outputs, weights
             )
-            head_only = [(_backbone.classifier_names(backbone), self.lr)]
-            stages = []
-            if frozen_groups == len(groups):
-                stages.append(("head", head_only, self.head_epochs + self.max_epochs))
-            else:
-                stages.append(("head", head_only, self.head_epochs))
-                lr_groups = [
-                    (names, self.lr * self.layer_decay ** (len(groups) - g))
-                    for g, names in enumerate(groups)
-                    if g >= frozen_groups
-                ]
-                stages.append(("finetune", lr_groups + head_only, self.max_epochs))
-            net, history = None, []
-            for name, lr_groups, epochs in stages:
-                if epochs > 0:
-                    net = trainer.run_stage(name, lr_groups, epochs)
-                    history.extend(_epoch_records(net.history, offset=len(history)))
+            plan = self._plan(
+                backbone, groups, frozen_groups, device, precision, data, identity, classes
+            )
+            trainer = Trainer(plan, backbone, data)
+            net, history = trainer.run()
 
-        if net is None:  # zero epochs: an untrained head, still a usable (trimmed) net
-            net = trainer.build_net(head_only, "head", split=None, epochs=0, n_train=0)
-            net.initialize()
         net.module_.split = None
         net.module_.eval()
         net.trim_for_prediction()
@@ -327,6 +344,86 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         self.history_ = history
         self.net_ = net
         return self
+
+    def _plan(self, backbone, groups, frozen_groups, device, precision, data, identity, classes):
+        """The training plan: stages, learning rates and every knob, as plain values."""
+        head_only = (tuple(_backbone.classifier_names(backbone)), self.lr)
+        if frozen_groups == len(groups):
+            stages = (Stage("head", (head_only,), self.head_epochs + self.max_epochs),)
+        else:
+            lr_groups = tuple(
+                (tuple(names), self.lr * self.layer_decay ** (len(groups) - g))
+                for g, names in enumerate(groups)
+                if g >= frozen_groups
+            )
+            stages = (
+                Stage("head", (head_only,), self.head_epochs),
+                Stage("finetune", (*lr_groups, head_only), self.max_epochs),
+            )
+        return TrainingPlan(
+            stages=stages,
+            batch_size=self.batch_size,
+            optimizer=self.optimizer,
+            weight_decay=self.weight_decay,
+            device=device,
+            precision="bfloat16" if precision == "float16" else precision,
+            augment=self.augment,
+            freeze_batchnorm=self._freeze_batchnorm(),
+            mixup=self.mixup,
+            cutmix=self.cutmix,
+            label_smoothing=self.label_smoothing,
+            class_weight=self._class_weight(classes, data),
+            ema=self.ema,
+            early_stopping=self.early_stopping,
+            num_workers=self.num_workers,
+            verbose=bool(self.verbose),
+            callbacks=tuple(self.callbacks or ()),
+            activation_budget=parse_bytes(self.activation_budget, "activation_budget"),
+            memory=self.memory,
+            cache_identity=identity,
+        )
+
+    def _cache_identity(self, backbone) -> dict:
+        """What names the pretrained backbone in the cache (hashing weights costs a
+        pass over them, so only with a cache)."""
+        if self.memory is None:
+            return {}
+        return {"model": self.model, "weights": _backbone.weights_fingerprint(backbone)}
+
+    def _freeze_batchnorm(self) -> bool:
+        if self.batchnorm == "auto":
+            return self.weights is not None
+        return self.batchnorm == "frozen"
+
+    def _class_weight(self, classes, data):
+        """Class weights from the training labels (validation labels excluded)."""
+        if self.class_weight is None:
+            return None
+        labels = classes[data.y[data.train_idx]]
+        return torch.as_tensor(
+            compute_class_weight(self.class_weight, classes=classes, y=labels),
+            dtype=torch.float32,
+        )
+
+    def _check_combinations(self, multilabel, weights):
+        if self.early_stopping is not None and self.validation_fraction == 0:
+            raise ValueError(
+                f"early_stopping={self.early_stopping} needs a validation set; set "
+                "validation_fraction > 0 (e.g. 0.1) or early_stopping=None."
+            )
+        if self.class_weight is not None and multilabel:
+            raise ValueError("class_weight is not supported for multilabel targets.")
+        mixing = self.mixup > 0 or self.cutmix > 0
+        if mixing and self.batch_size % 2:
+            raise ValueError(
+                f"mixup and cutmix mix each batch with itself reversed, so they need an "
+                f"even batch_size; got batch_size={self.batch_size}."
+            )
+        if mixing and weights is not None:
+            raise ValueError(
+                "sample_weight cannot be combined with mixup or cutmix (a mixed image has "
+                "two weights); set mixup=0 and cutmix=0, or drop sample_weight."
+            )
 
     def _resolve_freeze_depth(self, n_groups: int) -> int:
         depth = self.freeze_depth
@@ -374,12 +471,30 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         -------
         proba : ndarray of shape (n_images, n_classes)
             Softmax probabilities, or per-label sigmoid probabilities for multilabel
-            targets.
+            targets; with ``tta``, averaged over the flipped views.
         """
-        logits = torch.from_numpy(self._logits(X))
-        if self.multilabel_:
-            return torch.sigmoid(logits).numpy()
-        return torch.softmax(logits, dim=1).numpy()
+        check_is_fitted(self)
+        source = as_images(X)
+        device = torch.device(self.net_.device)
+        backbone = self.net_.module_.eval().backbone
+        views = TTA_VIEWS[self.tta]
+        activation = torch.sigmoid if self.multilabel_ else _softmax
+
+        def forward(x):
+            return sum(activation(backbone(view(x)).float()) for view in views) / len(views)
+
+        return run_batches(
+            forward,
+            source,
+            _backbone.eval_transform(self.data_config_),
+            batch_size=self.batch_size,
+            device=device,
+            precision=resolve_precision(self.precision, device),
+            num_workers=self.num_workers,
+            channels_last=_backbone.prefers_channels_last(backbone),
+            verbose=bool(self.verbose),
+            desc="predicting",
+        )
 
     def predict(self, X):
         """Predicted labels (a 0/1 indicator matrix for multilabel targets)."""
@@ -387,23 +502,6 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         if self.multilabel_:
             return (proba >= 0.5).astype(int)
         return self.classes_[proba.argmax(axis=1)]
-
-    def _logits(self, X) -> np.ndarray:
-        check_is_fitted(self)
-        source = as_images(X)
-        device = torch.device(self.net_.device)
-        module = self.net_.module_.eval()
-        return run_batches(
-            module.backbone,
-            source,
-            _backbone.eval_transform(self.data_config_),
-            batch_size=self.batch_size,
-            device=device,
-            precision=resolve_precision(self.precision, device),
-            num_workers=self.num_workers,
-            verbose=bool(self.verbose),
-            desc="predicting",
-        )
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -415,152 +513,6 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         return tags
 
 
-class _Trainer:
-    """One fit's data, caches and stage runs (kept out of the estimator's state)."""
-
-    def __init__(
-        self,
-        est,
-        backbone,
-        source,
-        y,
-        train_idx,
-        valid_idx,
-        cfg,
-        device,
-        precision,
-        multilabel,
-        classes,
-    ):
-        self.est, self.backbone, self.source, self.y = est, backbone, source, y
-        self.train_idx, self.valid_idx = train_idx, valid_idx
-        self.cfg, self.device, self.precision = cfg, device, precision
-        self.multilabel, self.classes = multilabel, classes
-        self.eval_tf = _backbone.eval_transform(cfg)
-        self.cached = False
-
-    def run_stage(self, name, lr_groups, epochs):
-        est = self.est
-        trainable = {n for names, _ in lr_groups for n in names}
-        frozen = {n for n, _ in self.backbone.named_parameters()} - trainable
-        split = None
-        if est.augment is None:
-            head_only = trainable == set(_backbone.classifier_names(self.backbone))
-            split = _backbone.split_forward(
-                self.backbone, frozen, self.cfg["input_size"], head_only=head_only
-            )
-        train_X, valid_X, split = self._inputs(split)
-        self.cached = self.cached or split is not None
-        net = self.build_net(lr_groups, name, split, epochs, len(self.train_idx))
-        if valid_X is not None:
-            net.set_params(train_split=predefined_split(valid_X))
-        net.fit(train_X, None)
-        return net
-
-    def _inputs(self, split):
-        """Training and validation data, and the split they are for: cached activations
-        of the frozen bottom when there is one (and they fit in memory), else images
-        decoded on the fly (and no split)."""
-        y_t = torch.as_tensor(self.y, dtype=torch.float32 if self.multilabel else torch.long)
-        n_valid = len(self.valid_idx)
-        if split is not None:
-            probe = self._bottom(split, self.train_idx[:1])
-            if probe.nbytes * len(self.y) <= MAX_CACHED_BYTES:
-                train = Dataset(self._bottom(split, self.train_idx), y_t[self.train_idx])
-                valid = (
-                    Dataset(self._bottom(split, self.valid_idx), y_t[self.valid_idx])
-                    if n_valid
-                    else None
-                )
-                return train, valid, split
-        aug = self.est.augment
-        if aug is None:
-            train_tf = self.eval_tf
-        elif aug == "light":
-            train_tf = _backbone.train_transform(self.cfg)
-        else:
-            train_tf = _Compose(aug, self.eval_tf)
-        train = ImageDataset(self.source.subset(self.train_idx), train_tf, y_t[self.train_idx])
-        valid = (
-            ImageDataset(self.source.subset(self.valid_idx), self.eval_tf, y_t[self.valid_idx])
-            if n_valid
-            else None
-        )
-        return train, valid, None
-
-    def _bottom(self, split, positions) -> torch.Tensor:
-        self.backbone.eval()
-        out = run_batches(
-            split.bottom,
-            self.source,
-            self.eval_tf,
-            positions=positions,
-            batch_size=self.est.batch_size,
-            device=self.device,
-            precision="float32",
-            num_workers=self.est.num_workers,
-        )
-        return torch.from_numpy(out.reshape(len(positions), *out.shape[1:]))
-
-    def build_net(self, lr_groups, name, split, epochs, n_train):
-        est = self.est
-        module = TransferModule(self.backbone, lr_groups, split, est.weight_decay)
-        steps_per_epoch = max(1, -(-n_train // est.batch_size))
-        total = steps_per_epoch * max(1, epochs)
-        callbacks = [
-            ("stage", StageName(name)),
-            (
-                "lr_schedule",
-                LRScheduler(
-                    policy=torch.optim.lr_scheduler.LambdaLR,
-                    lr_lambda=warmup_cosine(total, warmup_steps=min(steps_per_epoch, total // 10)),
-                    step_every="batch",
-                ),
-            ),
-        ]
-        if len(self.valid_idx):
-            callbacks.append(("valid_acc", ValidAccuracy(self.multilabel)))
-            if est.early_stopping is not None:
-                callbacks.append(
-                    (
-                        "early_stopping",
-                        EarlyStopping(patience=est.early_stopping, load_best=True),
-                    )
-                )
-        if est.verbose:
-            callbacks.append(("progress", ProgressBar()))
-        callbacks += [(f"user_{i}", cb) for i, cb in enumerate(est.callbacks or [])]
-        return TransferNet(
-            module=module,
-            criterion=self._criterion(),
-            optimizer=OPTIMIZERS[est.optimizer],
-            lr=est.lr,
-            max_epochs=epochs,
-            batch_size=est.batch_size,
-            train_split=None,
-            callbacks=callbacks,
-            device=str(self.device),
-            precision=self.precision,
-            iterator_train__shuffle=True,
-            iterator_train__num_workers=0 if split is not None else est.num_workers,
-            iterator_valid__num_workers=0 if split is not None else est.num_workers,
-            verbose=int(bool(est.verbose)),
-        )
-
-    def _criterion(self):
-        est = self.est
-        if self.multilabel:
-            return nn.BCEWithLogitsLoss()
-        weight = None
-        if est.class_weight is not None:
-            labels = self.classes[self.y[self.train_idx]]  # validation labels excluded
-            weight = torch.as_tensor(
-                compute_class_weight(est.class_weight, classes=self.classes, y=labels),
-                dtype=torch.float32,
-            )
-        return nn.CrossEntropyLoss(weight=weight, label_smoothing=est.label_smoothing)
-
-
 @contextlib.contextmanager
 def _restoring(python_rng_state):
     try:
@@ -569,14 +521,65 @@ def _restoring(python_rng_state):
         random.setstate(python_rng_state)
 
 
-class _Compose:
-    """A user's PIL augmentation followed by the model's preprocessing (picklable)."""
+def _softmax(logits):
+    return torch.softmax(logits, dim=1)
 
-    def __init__(self, augment, preprocess):
-        self.augment, self.preprocess = augment, preprocess
 
-    def __call__(self, image):
-        return self.preprocess(self.augment(image))
+def _hflip(x):
+    return torch.flip(x, dims=(-1,))
+
+
+def _vflip(x):
+    return torch.flip(x, dims=(-2,))
+
+
+def _hvflip(x):
+    return torch.flip(x, dims=(-2, -1))
+
+
+def _identity(x):
+    return x
+
+
+# Test-time augmentation: the views of each image whose predictions are averaged.
+TTA_VIEWS = {
+    None: (_identity,),
+    "hflip": (_identity, _hflip),
+    "flips": (_identity, _hflip, _vflip, _hvflip),
+}
+
+
+def _check_sample_weight(sample_weight, n_images):
+    """Validate ``sample_weight``: None, or n_images finite, non-negative floats."""
+    if sample_weight is None:
+        return None
+    w = np.asarray(sample_weight)
+    if w.ndim == 0 or w.dtype.kind not in "biuf":
+        raise ValueError(
+            f"sample_weight must be a 1-D array of {n_images} non-negative numbers, one per "
+            f"image; got {type(sample_weight).__name__} of dtype {w.dtype} and shape {w.shape}."
+        )
+    w = w.astype(np.float64)
+    if w.ndim != 1 or len(w) != n_images:
+        raise ValueError(
+            f"sample_weight has shape {np.shape(sample_weight)} but X has {n_images} images; "
+            "pass one weight per image."
+        )
+    bad = np.flatnonzero(~np.isfinite(w))
+    if len(bad):
+        raise ValueError(
+            f"sample_weight contains NaN or infinite values (first at index {bad[0]}); "
+            "every weight must be a finite number >= 0."
+        )
+    bad = np.flatnonzero(w < 0)
+    if len(bad):
+        raise ValueError(
+            f"sample_weight contains negative values (first at index {bad[0]}: "
+            f"{w[bad[0]]:g}); weights must be >= 0."
+        )
+    if not w.sum() > 0:
+        raise ValueError("sample_weight sums to zero: at least one image must have weight > 0.")
+    return w
 
 
 def _encode_labels(y, n_images):
@@ -612,13 +615,3 @@ def _encode_labels(y, n_images):
             "least two classes."
         )
     return encoder.classes_, encoder.transform(y_arr.ravel()), False
-
-
-def _epoch_records(history, offset):
-    records = []
-    for i, row in enumerate(history):
-        record = {k: v for k, v in row.items() if k not in ("batches", "dur")}
-        record["epoch"] = offset + i + 1
-        record["dur"] = row.get("dur")
-        records.append(record)
-    return records

@@ -377,19 +377,3 @@ def iter_batches(
         while pending:
             done, future = pending.popleft()
             yield done, future.result()
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """A torch dataset of transformed images (and targets), for training loops."""
-
-    def __init__(self, source: ImageSource, transform: Callable, y=None):
-        self.source, self.transform, self.y = source, transform, y
-
-    def __len__(self):
-        return len(self.source)
-
-    def __getitem__(self, i):
-        x = self.transform(self.source.load(i))
-        if self.y is None:
-            return x, torch.zeros(())
-        return x, self.y[i]

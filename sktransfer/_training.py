@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from skorch import NeuralNet
 from skorch.callbacks import Callback
+from skorch.utils import to_tensor
 from torch import nn
 
 from ._device import autocast
@@ -32,30 +34,49 @@ class TransferModule(nn.Module):
         top; without one, it takes images and runs the whole model.
     weight_decay : float
         Applied to weights, never to biases and normalisation parameters.
+    freeze_batchnorm : bool
+        Keep every BatchNorm layer in eval mode (its running statistics stay the
+        pretrained ones) while its affine weights, if trainable, still train.
+    channels_last : bool
+        Run the backbone on channels-last tensors (faster for convolutional networks).
     """
 
-    def __init__(self, backbone, groups, split=None, weight_decay=0.0):
+    def __init__(
+        self,
+        backbone,
+        groups,
+        split=None,
+        weight_decay=0.0,
+        *,
+        freeze_batchnorm=False,
+        channels_last=False,
+    ):
         super().__init__()
         self.backbone = backbone
         self.split = split
         self.weight_decay = weight_decay
+        self.channels_last = channels_last
         self.group_names = [list(names) for names, _ in groups]
         self.group_lrs = [lr for _, lr in groups]
         trainable = {n for names in self.group_names for n in names}
         for name, param in backbone.named_parameters():
             param.requires_grad_(name in trainable)
-        self._frozen_modules = _frozen_modules(backbone)
+        self._eval_modules = _eval_modules(backbone, freeze_batchnorm)
 
-    def forward(self, x):
+    def forward(self, x, sample_weight=None):
+        # sample_weight travels with the inputs (skorch's way) and is read by the loss
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.split is None:
             return self.backbone(x)
         return self.split.top(x)
 
     def train(self, mode: bool = True):
-        """Train mode everywhere but in frozen modules, whose BatchNorm statistics,
-        dropout and stochastic depth stay in eval mode."""
+        """Train mode everywhere but in frozen modules (and, with ``freeze_batchnorm``,
+        BatchNorm layers), whose statistics, dropout and stochastic depth stay in eval
+        mode."""
         super().train(mode)
-        for module in self._frozen_modules:
+        for module in self._eval_modules:
             module.eval()
         return self
 
@@ -79,11 +100,31 @@ _SAME_AS_MODULE_ = "<same as module_>"
 
 class TransferNet(NeuralNet):
     """A skorch ``NeuralNet`` whose optimizer takes the module's explicit parameter
-    groups, and whose forward pass autocasts to the requested precision."""
+    groups, whose forward pass autocasts to the requested precision, whose loss weighs
+    samples by the ``sample_weight`` that travels with the inputs, and whose training
+    batches are mixed by ``mixer`` (timm's ``Mixup``) when one is given.
 
-    def __init__(self, *args, precision="float32", **kwargs):
+    The criterion must not reduce (``reduction="none"``): the loss is the mean over the
+    batch of the per-sample losses times their weights.
+    """
+
+    def __init__(self, *args, precision="float32", mixer=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.precision = precision
+        self.mixer = mixer
+
+    def train_step_single(self, batch, **fit_params):
+        if self.mixer is not None:
+            batch = _mix(self.mixer, batch, self.device)
+        return super().train_step_single(batch, **fit_params)
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        loss = self.criterion_(y_pred, to_tensor(y_true, device=self.device))
+        if loss.ndim > 1:  # one loss per label of multilabel targets
+            loss = loss.mean(dim=tuple(range(1, loss.ndim)))
+        if isinstance(X, Mapping) and "sample_weight" in X:
+            loss = loss * to_tensor(X["sample_weight"], device=self.device).to(loss.dtype)
+        return loss.mean()
 
     def initialize_optimizer(self, triggered_directly=None):
         kwargs = self.get_params_for("optimizer")
@@ -110,6 +151,27 @@ class TransferNet(NeuralNet):
             return super().infer(x, **fit_params).float()
 
 
+def _mix(mixer, batch, device):
+    """Mix a training batch (inputs, targets): targets become soft."""
+    X, y = batch
+    x = X["x"] if isinstance(X, Mapping) else X
+    x, y = mixer(to_tensor(x, device=device), to_tensor(y, device=device))
+    return ({**X, "x": x} if isinstance(X, Mapping) else x), y
+
+
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def _eval_modules(backbone: nn.Module, freeze_batchnorm: bool) -> list[nn.Module]:
+    """The outermost modules to hold in eval mode: frozen ones and, when asked, every
+    BatchNorm layer (eval() recurses, and train() runs every batch: keep the list short)."""
+    held = _frozen_modules(backbone)
+    if freeze_batchnorm:
+        held += [m for m in backbone.modules() if isinstance(m, BATCHNORMS)]
+    inner = {id(child) for m in held for child in m.modules() if child is not m}
+    return [m for m in held if id(m) not in inner]
+
+
 def _frozen_modules(backbone: nn.Module) -> list[nn.Module]:
     """Modules to keep in eval mode: those whose parameters are all frozen, and
     parameter-free modules with buffers (a BatchNorm without affine parameters) whose
@@ -126,10 +188,7 @@ def _frozen_modules(backbone: nn.Module) -> list[nn.Module]:
             owner = modules[name]
         if owner is not None and not any(p.requires_grad for p in owner.parameters()):
             frozen.append(module)
-    # eval() recurses: calling it on the outermost frozen modules only is enough, and
-    # train() runs every batch, so the list stays short.
-    inner = {id(child) for m in frozen for child in m.modules() if child is not m}
-    return [m for m in frozen if id(m) not in inner]
+    return frozen
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int):
@@ -149,29 +208,49 @@ class _WarmupCosine:
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-class ValidAccuracy(Callback):
-    """Record ``valid_acc`` from the outputs of the validation step (no extra forward)."""
+class Accuracy(Callback):
+    """Record ``train_acc`` and ``valid_acc`` from the outputs of the training and
+    validation steps (no extra forward). Training accuracy is of the model while it
+    trains (dropout on), as Keras reports it; ``train=False`` skips it (mixed batches)."""
 
-    def __init__(self, multilabel=False):
+    def __init__(self, multilabel=False, train=True):
         self.multilabel = multilabel
+        self.train = train
 
     def on_epoch_begin(self, net, **kwargs):
-        self.correct_, self.total_ = 0.0, 0
+        self.counts_ = {True: [0.0, 0], False: [0.0, 0]}
 
     def on_batch_end(self, net, batch, training, y_pred=None, **kwargs):
-        if training or y_pred is None:
+        if y_pred is None or (training and not self.train):
             return
         y = batch[1].to(y_pred.device)
         if self.multilabel:
             hits = ((y_pred > 0).float() == y).float().mean(dim=1)
         else:
             hits = (y_pred.argmax(dim=1) == y).float()
-        self.correct_ += float(hits.sum())
-        self.total_ += len(hits)
+        count = self.counts_[bool(training)]
+        count[0] += float(hits.sum())
+        count[1] += len(hits)
 
     def on_epoch_end(self, net, **kwargs):
-        if self.total_:
-            net.history.record("valid_acc", self.correct_ / self.total_)
+        for training, name in ((True, "train_acc"), (False, "valid_acc")):
+            correct, total = self.counts_[training]
+            if total:
+                net.history.record(name, correct / total)
+
+
+class WeightAverage(Callback):
+    """Update an exponential moving average of the backbone's weights (timm's
+    ``ModelEmaV3``) after every optimizer step; the step count carries across stages."""
+
+    def __init__(self, ema):
+        self.ema = ema
+        self.steps_ = 0
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        if training:
+            self.ema.update(net.module_.backbone, step=self.steps_)
+            self.steps_ += 1
 
 
 class StageName(Callback):

@@ -45,7 +45,6 @@ from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNet
 from skorch.exceptions import DeviceWarning
 
-import sktransfer._finetune
 from sktransfer import FineTunedClassifier
 from sktransfer._backbone import block_groups, classifier_names
 
@@ -363,18 +362,22 @@ class TestAugmentation:
         clf = tiny(freeze_depth=3, head_epochs=1, max_epochs=1, augment=augment).fit(X, y)
         assert clf.cached_activations_ is cached
 
-    @pytest.mark.parametrize("freeze_depth", [2, "all"])
-    def test_activations_too_large_to_cache_are_streamed(self, colours, freeze_depth, monkeypatch):
+    @pytest.mark.parametrize("freeze_depth", [0, 2, "all"])
+    def test_activations_over_the_budget_spill_to_disk(self, colours, freeze_depth, tmp_path):
         X, y = colours
-        cached = tiny(freeze_depth=freeze_depth).fit(X, y)
-        assert cached.cached_activations_
-        monkeypatch.setattr(sktransfer._finetune, "MAX_CACHED_BYTES", 0)
-        streamed = tiny(freeze_depth=freeze_depth).fit(X, y)
-        assert not streamed.cached_activations_
-        # Same seed, same arithmetic up to float noise: caching is only an optimisation.
-        np.testing.assert_allclose(
-            streamed.predict_proba(X), cached.predict_proba(X), rtol=1e-4, atol=1e-5
-        )
+        in_memory = tiny(freeze_depth=freeze_depth).fit(X, y)
+        spilled = tiny(freeze_depth=freeze_depth, activation_budget=0, memory=tmp_path)
+        spilled.fit(X, y)
+        assert in_memory.cached_activations_ and spilled.cached_activations_
+        # the memory-mapped files live under `memory` during the fit only
+        assert list((tmp_path / "sktransfer" / "spill").iterdir()) == []
+        # Same seed, same arithmetic: where the activations live is only an optimisation.
+        np.testing.assert_array_equal(spilled.predict_proba(X), in_memory.predict_proba(X))
+
+    @pytest.mark.parametrize("budget", ["1.5 GB", "500MB", "4GiB", 0, 123])
+    def test_budget_accepts_sizes_with_units(self, colours, budget):
+        X, y = colours
+        tiny(freeze_depth="all", head_epochs=1, max_epochs=0, activation_budget=budget).fit(X, y)
 
     def test_augment_sees_only_training_images(self, colours):
         X, y = colours

@@ -1,0 +1,421 @@
+"""The training core: runs a plain :class:`TrainingPlan` on a backbone and its data.
+
+The estimator builds the plan (stages, learning rates, regularisation, device) and the
+data (:class:`TrainingData`); nothing here reads an estimator. Frozen layers are paid
+for once: without augmentation, the images are decoded and the frozen bottom of the
+deepest stage computed once per fit (and, with a cache, once per search); the head
+stage's pooled features are derived from those activations, not from the images.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from skorch.callbacks import EarlyStopping, LRScheduler, ProgressBar
+from skorch.helper import predefined_split
+from torch import nn
+
+from . import _backbone
+from ._cache import EmbeddingCache, cache_namespace
+from ._images import ImageSource
+from ._inference import BudgetAllocator, array_batches, run_batches, run_forward
+from ._training import (
+    OPTIMIZERS,
+    Accuracy,
+    StageName,
+    TransferModule,
+    TransferNet,
+    WeightAverage,
+    warmup_cosine,
+)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the schedule: its name, (parameter names, lr) groups and epochs."""
+
+    name: str
+    lr_groups: tuple
+    epochs: int
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How to train: plain values, resolved by the estimator."""
+
+    stages: tuple[Stage, ...]
+    batch_size: int
+    optimizer: str
+    weight_decay: float
+    device: torch.device
+    precision: str
+    augment: object = None  # None, a preset name of _backbone.AUGMENT_POLICIES or a callable
+    freeze_batchnorm: bool = False
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    label_smoothing: float = 0.0
+    class_weight: torch.Tensor | None = None
+    ema: float | None = None
+    early_stopping: int | None = None
+    num_workers: int = 0
+    verbose: bool = False
+    callbacks: tuple = ()
+    activation_budget: int = 4 * 2**30
+    memory: object = None
+    cache_identity: dict = field(default_factory=dict)  # model name, weights fingerprint
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The images, encoded targets, optional sample weights and the split."""
+
+    source: ImageSource
+    y: np.ndarray
+    train_idx: np.ndarray
+    valid_idx: np.ndarray
+    cfg: dict
+    multilabel: bool
+    n_outputs: int
+    sample_weight: np.ndarray | None = None
+
+
+class Trainer:
+    """Run a plan: ``run()`` returns the skorch net of the last stage and the history."""
+
+    def __init__(self, plan: TrainingPlan, backbone: nn.Module, data: TrainingData):
+        self.plan, self.backbone, self.data = plan, backbone, data
+        self.eval_tf = _backbone.eval_transform(data.cfg)
+        self.channels_last = _backbone.prefers_channels_last(backbone)
+        self.cached = False
+        self._allocate = BudgetAllocator(plan.activation_budget, _spill_folder(plan.memory))
+
+    def run(self):
+        plan = self.plan
+        ema = _backbone.weight_average(self.backbone, plan.ema) if plan.ema else None
+        extra = [("ema", WeightAverage(ema))] if ema is not None else []
+        try:
+            inputs = self._cached_inputs() if plan.augment is None else None
+            net, history = None, []
+            for stage in plan.stages:
+                if stage.epochs > 0:
+                    net = self._run_stage(stage, inputs, extra)
+                    history.extend(_epoch_records(net.history, offset=len(history)))
+        finally:
+            self._allocate.close()
+        if ema is not None:
+            self.backbone.load_state_dict(ema.module.state_dict())
+        if net is None:  # zero epochs: an untrained head, still a usable (trimmed) net
+            net = self._build_net(plan.stages[0], None, 0, [])
+            net.initialize()
+        return net, history
+
+    # ------------------------------------------------------------------ stages
+
+    def _run_stage(self, stage: Stage, inputs, extra):
+        split = None
+        if inputs is not None:
+            split, arrays = inputs["pooled"] if self._head_only(stage) else inputs["bottom"]
+            self.cached = True
+            train, valid = self._array_datasets(arrays)
+        else:
+            train, valid = self._image_datasets()
+        net = self._build_net(stage, split, len(self.data.train_idx), extra)
+        if valid is not None:
+            net.set_params(train_split=predefined_split(valid))
+        net.fit(train, None)
+        return net
+
+    def _head_only(self, stage: Stage) -> bool:
+        trainable = {n for names, _ in stage.lr_groups for n in names}
+        return trainable == set(_backbone.classifier_names(self.backbone))
+
+    def _frozen(self, stage: Stage) -> set[str]:
+        trainable = {n for names, _ in stage.lr_groups for n in names}
+        return {n for n, _ in self.backbone.named_parameters()} - trainable
+
+    # ------------------------------------------------------------ cached inputs
+
+    def _cached_inputs(self) -> dict:
+        """The frozen bottom of the deepest stage, computed once for training and
+        validation images, and the head stage's pooled features derived from it."""
+        stages = [s for s in self.plan.stages if s.epochs > 0] or list(self.plan.stages)
+        last = stages[-1]
+        head_only = self._head_only(last)
+        split = _backbone.split_forward(
+            self.backbone, self._frozen(last), self.data.cfg["input_size"], head_only=head_only
+        )
+        positions = np.concatenate([self.data.train_idx, self.data.valid_idx])
+        self.backbone.eval()
+        bottom = self._rows(split.point, positions, self._bottom_of_images(split))
+        inputs = {"bottom": (split, bottom)}
+        if head_only:
+            inputs["pooled"] = inputs["bottom"]
+        elif any(self._head_only(s) for s in stages):
+            head = _backbone.split_forward(self.backbone, set(), None, head_only=True)
+            inputs["pooled"] = (
+                head,
+                self._rows("pooled", positions, self._pooled_of(split, bottom)),
+            )
+        return inputs
+
+    def _rows(self, point: str, positions: np.ndarray, compute: Callable) -> np.ndarray:
+        """Rows of ``positions`` at the cut ``point``: from the cache, or ``compute``."""
+        plan = self.plan
+        if plan.memory is None:
+            return compute(np.arange(len(positions)), self._allocate)
+        namespace = cache_namespace(
+            **plan.cache_identity,
+            data_config=self.data.cfg,
+            layer=None if point == "pooled" else f"frozen {point}",
+            pooling=None,
+            precision="float32",
+            device=plan.device,
+        )
+        cache = EmbeddingCache(plan.memory, namespace)
+        keys = [self.data.source.key(int(i)) for i in positions]
+        return cache.rows(keys, compute, self._allocate)
+
+    def _bottom_of_images(self, split) -> Callable:
+        positions = np.concatenate([self.data.train_idx, self.data.valid_idx])
+
+        def compute(rows, allocate):
+            return run_batches(
+                split.bottom,
+                self.data.source,
+                self.eval_tf,
+                positions=positions[rows],
+                batch_size=self.plan.batch_size,
+                device=self.plan.device,
+                precision="float32",
+                num_workers=self.plan.num_workers,
+                channels_last=self.channels_last,
+                allocate=allocate,
+            )
+
+        return compute
+
+    def _pooled_of(self, split, bottom: np.ndarray) -> Callable:
+        def compute(rows, allocate):
+            return run_forward(
+                split.pooled,
+                array_batches(_take(bottom, rows), self.plan.batch_size),
+                len(rows),
+                device=self.plan.device,
+                precision="float32",
+                channels_last=self.channels_last,
+                allocate=allocate,
+            )
+
+        return compute
+
+    def _array_datasets(self, arrays: np.ndarray):
+        n_train = len(self.data.train_idx)
+        y, w = self._targets()
+        train = ArrayDataset(arrays[:n_train], y[:n_train], _part(w, slice(0, n_train)))
+        valid = None
+        if len(self.data.valid_idx):
+            valid = ArrayDataset(arrays[n_train:], y[n_train:], _part(w, slice(n_train, None)))
+        return train, valid
+
+    # ------------------------------------------------------------ streamed inputs
+
+    def _image_datasets(self):
+        data, aug = self.data, self.plan.augment
+        if aug is None:
+            train_tf = self.eval_tf
+        elif isinstance(aug, str):
+            train_tf = _backbone.train_transform(data.cfg, aug)
+        else:
+            train_tf = _Compose(aug, self.eval_tf)
+        y, w = self._targets()
+        n_train = len(data.train_idx)
+        train = ImageDataset(
+            data.source.subset(data.train_idx), train_tf, y[:n_train], _part(w, slice(0, n_train))
+        )
+        valid = None
+        if len(data.valid_idx):
+            valid = ImageDataset(
+                data.source.subset(data.valid_idx),
+                self.eval_tf,
+                y[n_train:],
+                _part(w, slice(n_train, None)),
+            )
+        return train, valid
+
+    def _targets(self):
+        """Targets and sample weights in the order train rows, then validation rows."""
+        data = self.data
+        order = np.concatenate([data.train_idx, data.valid_idx])
+        dtype = torch.float32 if data.multilabel else torch.long
+        y = torch.as_tensor(data.y[order], dtype=dtype)
+        w = None
+        if data.sample_weight is not None:
+            w = torch.as_tensor(data.sample_weight[order], dtype=torch.float32)
+        return y, w
+
+    # --------------------------------------------------------------------- net
+
+    def _build_net(self, stage: Stage, split, n_train: int, extra):
+        plan = self.plan
+        mixer = self._mixer(split)
+        drop_last = n_train % plan.batch_size == 1 or (
+            mixer is not None and n_train % plan.batch_size % 2 == 1
+        )
+        module = TransferModule(
+            self.backbone,
+            stage.lr_groups,
+            split,
+            plan.weight_decay,
+            freeze_batchnorm=plan.freeze_batchnorm,
+            channels_last=self.channels_last,
+        )
+        n_batches = n_train // plan.batch_size if drop_last else -(-n_train // plan.batch_size)
+        steps_per_epoch = max(1, n_batches)
+        total = steps_per_epoch * max(1, stage.epochs)
+        schedule = warmup_cosine(total, warmup_steps=min(steps_per_epoch, total // 10))
+        callbacks = [
+            ("stage", StageName(stage.name)),
+            (
+                "lr_schedule",
+                LRScheduler(
+                    policy=torch.optim.lr_scheduler.LambdaLR,
+                    lr_lambda=schedule,
+                    step_every="batch",
+                ),
+            ),
+            ("accuracy", Accuracy(self.data.multilabel, train=mixer is None)),
+            *extra,
+        ]
+        if len(self.data.valid_idx) and plan.early_stopping is not None:
+            callbacks.append(
+                ("early_stopping", EarlyStopping(patience=plan.early_stopping, load_best=True))
+            )
+        if plan.verbose:
+            callbacks.append(("progress", ProgressBar()))
+        callbacks += [(f"user_{i}", cb) for i, cb in enumerate(plan.callbacks)]
+        workers = 0 if split is not None else plan.num_workers
+        return TransferNet(
+            module=module,
+            criterion=self._criterion(),
+            optimizer=OPTIMIZERS[plan.optimizer],
+            lr=max(lr for _, lr in stage.lr_groups),
+            max_epochs=stage.epochs,
+            batch_size=plan.batch_size,
+            train_split=None,
+            callbacks=callbacks,
+            device=str(plan.device),
+            precision=plan.precision,
+            mixer=mixer,
+            iterator_train__shuffle=True,
+            iterator_train__drop_last=drop_last,
+            iterator_train__num_workers=workers,
+            iterator_valid__num_workers=workers,
+            verbose=int(bool(plan.verbose)),
+        )
+
+    def _mixer(self, split):
+        """timm's Mixup for this stage's inputs: images, or cached activations (mixed at
+        the cut); pooled features have no space to cut, so they get mixup only."""
+        plan = self.plan
+        cutmix = plan.cutmix if not (split is not None and split.point == "pooled") else 0.0
+        if plan.mixup == 0 and cutmix == 0:
+            return None
+        return _backbone.batch_mixer(
+            plan.mixup,
+            cutmix,
+            label_smoothing=plan.label_smoothing,
+            n_classes=self.data.n_outputs,
+            multilabel=self.data.multilabel,
+        )
+
+    def _criterion(self):
+        plan = self.plan
+        if self.data.multilabel:
+            return nn.BCEWithLogitsLoss(reduction="none")
+        mixing = plan.mixup > 0 or plan.cutmix > 0  # timm's Mixup smooths the targets
+        return nn.CrossEntropyLoss(
+            weight=plan.class_weight,
+            label_smoothing=0.0 if mixing else plan.label_smoothing,
+            reduction="none",
+        )
+
+
+# ---------------------------------------------------------------------- datasets
+
+
+def _item(x, y, w, i):
+    if w is None:
+        return x, y[i]
+    return {"x": x, "sample_weight": w[i]}, y[i]
+
+
+class ArrayDataset(torch.utils.data.Dataset):
+    """Rows of an array (in memory or memory-mapped) with their targets and weights."""
+
+    def __init__(self, rows: np.ndarray, y, w=None):
+        self.rows, self.y, self.w = rows, y, w
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return _item(torch.from_numpy(np.array(self.rows[i])), self.y, self.w, i)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Transformed images with their targets and weights, decoded on the fly."""
+
+    def __init__(self, source: ImageSource, transform: Callable, y, w=None):
+        self.source, self.transform, self.y, self.w = source, transform, y, w
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        return _item(self.transform(self.source.load(i)), self.y, self.w, i)
+
+
+class _Compose:
+    """A user's PIL augmentation followed by the model's preprocessing (picklable)."""
+
+    def __init__(self, augment, preprocess):
+        self.augment, self.preprocess = augment, preprocess
+
+    def __call__(self, image):
+        return self.preprocess(self.augment(image))
+
+
+# ----------------------------------------------------------------------- helpers
+
+
+def _part(w, rows):
+    return None if w is None else w[rows]
+
+
+def _take(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``array[rows]`` without a copy when ``rows`` is all of it, in order."""
+    if len(rows) == len(array) and np.array_equal(rows, np.arange(len(array))):
+        return array
+    return array[rows]
+
+
+def _spill_folder(memory):
+    """Spilled activations go next to the cache, or to a temporary folder."""
+    location = getattr(memory, "location", memory)
+    if location is None:
+        return None
+    return os.path.join(os.fspath(location), "sktransfer", "spill")
+
+
+def _epoch_records(history, offset):
+    records = []
+    for i, row in enumerate(history):
+        record = {k: v for k, v in row.items() if k not in ("batches", "dur")}
+        record["epoch"] = offset + i + 1
+        record["dur"] = row.get("dur")
+        records.append(record)
+    return records
