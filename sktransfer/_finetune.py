@@ -21,8 +21,15 @@ from sklearn.utils.validation import check_is_fitted
 from . import _backbone
 from ._device import resolve_device, resolve_precision
 from ._images import as_images
-from ._inference import parse_bytes, run_batches
-from ._trainer import Stage, Trainer, TrainingData, TrainingPlan
+from ._inference import array_batches, parse_bytes, run_batches, run_forward
+from ._trainer import (
+    Stage,
+    Trainer,
+    TrainingData,
+    TrainingPlan,
+    bottom_of_images,
+    cached_rows,
+)
 from ._training import OPTIMIZERS
 
 
@@ -148,6 +155,9 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         The preprocessing.
     cached_activations_ : bool
         Whether frozen activations were computed once and reused (per stage).
+    cache_identity_ : dict
+        The model name and a hash of the starting weights: with ``memory``, what names
+        the frozen layers' rows in the cache (empty without ``memory`` at fit).
 
     See Also
     --------
@@ -340,6 +350,7 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         self.frozen_groups_ = frozen_groups
         self.data_config_ = cfg
         self.cached_activations_ = trainer.cached
+        self.cache_identity_ = identity
         self.multilabel_ = multilabel
         self.history_ = history
         self.net_ = net
@@ -477,8 +488,10 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         source = as_images(X)
         device = torch.device(self.net_.device)
         backbone = self.net_.module_.eval().backbone
-        views = TTA_VIEWS[self.tta]
         activation = torch.sigmoid if self.multilabel_ else _softmax
+        if self.memory is not None and self.cache_identity_ and self.tta is None:
+            return self._proba_from_frozen_rows(source, backbone, device, activation)
+        views = TTA_VIEWS[self.tta]
 
         def forward(x):
             return sum(activation(backbone(view(x)).float()) for view in views) / len(views)
@@ -495,6 +508,48 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
             verbose=bool(self.verbose),
             desc="predicting",
         )
+
+    def _proba_from_frozen_rows(self, source, backbone, device, activation):
+        """Predict from the cached output of the frozen layers (they never changed), so
+        a search scores each image's frozen bottom once; only the top runs."""
+        split = _backbone.split_forward(
+            backbone,
+            self._frozen_names(backbone),
+            self.data_config_["input_size"],
+            head_only=self.frozen_groups_ == self.n_groups_,
+        )
+        positions = np.arange(len(source))
+        compute = bottom_of_images(
+            split,
+            source,
+            positions,
+            _backbone.eval_transform(self.data_config_),
+            batch_size=self.batch_size,
+            device=device,
+            num_workers=self.num_workers,
+        )
+        rows = cached_rows(
+            split.point,
+            source,
+            positions,
+            compute,
+            memory=self.memory,
+            identity=self.cache_identity_,
+            cfg=self.data_config_,
+            device=device,
+        )
+        return run_forward(
+            lambda a: activation(split.top(a).float()),
+            array_batches(rows, self.batch_size),
+            len(rows),
+            device=device,
+            precision=resolve_precision(self.precision, device),
+            channels_last=_backbone.prefers_channels_last(backbone),
+        )
+
+    def _frozen_names(self, backbone) -> set[str]:
+        groups = _backbone.block_groups(backbone)
+        return {n for names in groups[: self.frozen_groups_] for n in names}
 
     def predict(self, X):
         """Predicted labels (a 0/1 indicator matrix for multilabel targets)."""

@@ -22,7 +22,7 @@ from torch import nn
 from . import _backbone
 from ._cache import EmbeddingCache, cache_namespace
 from ._images import ImageSource
-from ._inference import BudgetAllocator, array_batches, run_batches, run_forward
+from ._inference import BudgetAllocator, array_batches, empty_rows, run_batches, run_forward
 from ._training import (
     OPTIMIZERS,
     Accuracy,
@@ -163,40 +163,30 @@ class Trainer:
         return inputs
 
     def _rows(self, point: str, positions: np.ndarray, compute: Callable) -> np.ndarray:
-        """Rows of ``positions`` at the cut ``point``: from the cache, or ``compute``."""
         plan = self.plan
-        if plan.memory is None:
-            return compute(np.arange(len(positions)), self._allocate)
-        namespace = cache_namespace(
-            **plan.cache_identity,
-            data_config=self.data.cfg,
-            layer=None if point == "pooled" else f"frozen {point}",
-            pooling=None,
-            precision="float32",
+        return cached_rows(
+            point,
+            self.data.source,
+            positions,
+            compute,
+            memory=plan.memory,
+            identity=plan.cache_identity,
+            cfg=self.data.cfg,
             device=plan.device,
+            allocate=self._allocate,
         )
-        cache = EmbeddingCache(plan.memory, namespace)
-        keys = [self.data.source.key(int(i)) for i in positions]
-        return cache.rows(keys, compute, self._allocate)
 
     def _bottom_of_images(self, split) -> Callable:
         positions = np.concatenate([self.data.train_idx, self.data.valid_idx])
-
-        def compute(rows, allocate):
-            return run_batches(
-                split.bottom,
-                self.data.source,
-                self.eval_tf,
-                positions=positions[rows],
-                batch_size=self.plan.batch_size,
-                device=self.plan.device,
-                precision="float32",
-                num_workers=self.plan.num_workers,
-                channels_last=self.channels_last,
-                allocate=allocate,
-            )
-
-        return compute
+        return bottom_of_images(
+            split,
+            self.data.source,
+            positions,
+            self.eval_tf,
+            batch_size=self.plan.batch_size,
+            device=self.plan.device,
+            num_workers=self.plan.num_workers,
+        )
 
     def _pooled_of(self, split, bottom: np.ndarray) -> Callable:
         def compute(rows, allocate):
@@ -342,6 +332,61 @@ class Trainer:
             label_smoothing=0.0 if mixing else plan.label_smoothing,
             reduction="none",
         )
+
+
+# ------------------------------------------------------------------ frozen rows
+
+
+def cached_rows(
+    point: str,
+    source: ImageSource,
+    positions: np.ndarray,
+    compute: Callable,
+    *,
+    memory,
+    identity: dict,
+    cfg: dict,
+    device: torch.device,
+    allocate: Callable = empty_rows,
+) -> np.ndarray:
+    """Rows at the cut ``point`` for the images at ``positions``: looked up in the cache
+    under ``memory`` (keyed as the extractor keys its embeddings) or computed by
+    ``compute(rows, allocate)``, ``rows`` indexing ``positions``."""
+    if memory is None or not identity:
+        return compute(np.arange(len(positions)), allocate)
+    namespace = cache_namespace(
+        **identity,
+        data_config=cfg,
+        layer=None if point == "pooled" else f"frozen {point}",
+        pooling=None,
+        precision="float32",
+        device=device,
+    )
+    keys = [source.key(int(i)) for i in positions]
+    return EmbeddingCache(memory, namespace).rows(keys, compute, allocate)
+
+
+def bottom_of_images(
+    split, source, positions, transform, *, batch_size, device, num_workers
+) -> Callable:
+    """``compute(rows, allocate)``: the frozen bottom of ``split`` run on images."""
+    channels_last = _backbone.prefers_channels_last(split.model)
+
+    def compute(rows, allocate):
+        return run_batches(
+            split.bottom,
+            source,
+            transform,
+            positions=positions[rows],
+            batch_size=batch_size,
+            device=device,
+            precision="float32",
+            num_workers=num_workers,
+            channels_last=channels_last,
+            allocate=allocate,
+        )
+
+    return compute
 
 
 # ---------------------------------------------------------------------- datasets

@@ -166,3 +166,36 @@ class TestMemory:
         tiny(freeze_depth=2, memory=tmp_path, random_state=0).fit(X, y)
         tiny(freeze_depth=2, memory=tmp_path, random_state=1).fit(X, y)  # other random init
         assert bottom_rows == [24, 24]
+
+
+class TestPredictFromFrozenRows:
+    @pytest.mark.parametrize("freeze_depth", [0, 2, "all"])
+    def test_equals_the_whole_model(self, colours, tmp_path, freeze_depth):
+        X, y = colours
+        clf = tiny(freeze_depth=freeze_depth, memory=tmp_path).fit(X[:16], y[:16])
+        cached = clf.predict_proba(X)
+        clf.set_params(memory=None)
+        np.testing.assert_allclose(cached, clf.predict_proba(X), rtol=1e-5, atol=1e-6)
+
+    def test_new_images_are_computed_once(self, colours, tmp_path, bottom_rows):
+        X, y = colours
+        clf = tiny(freeze_depth=2, memory=tmp_path).fit(X[:16], y[:16])
+        assert bottom_rows == [16]
+        first = clf.predict_proba(X)
+        second = clf.predict_proba(X)
+        assert bottom_rows == [16, 8]
+        np.testing.assert_array_equal(first, second)
+
+    def test_tta_runs_the_whole_model(self, colours, tmp_path, bottom_rows):
+        X, y = colours
+        clf = tiny(freeze_depth=2, memory=tmp_path, tta="hflip").fit(X, y)
+        clf.predict_proba(X)
+        assert bottom_rows == [24]  # the fit's pass only
+
+    def test_memory_set_after_fit_is_not_used(self, colours, tmp_path, bottom_rows):
+        X, y = colours
+        clf = tiny(freeze_depth=2).fit(X, y)
+        assert clf.cache_identity_ == {}
+        clf.set_params(memory=tmp_path).predict_proba(X)
+        assert bottom_rows == [24]
+        assert not (tmp_path / "sktransfer").exists()
