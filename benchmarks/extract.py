@@ -13,8 +13,10 @@ ImageNet weights, decoding and preprocessing included:
 
 A shared 2-core machine is noisy, so after a warm-up (oneDNN builds its kernels on the
 first batch of each shape) (a), (b) and (c) run in turns, ``--repeats`` rounds, and each
-keeps its best time: noise only ever adds time. Targets: (a) >= 0.9 x (b) images/s, and
-the cached second call >= 50 x faster than the first. Exit status 1 on a miss.
+keeps its best time: noise only ever adds time. Targets: (a) >= 1.3 x (b) images/s (the
+extractor runs convolutional nets in the channels-last memory format; the plain loop is
+what most code does), and the cached second call >= 50 x faster than the first. Exit
+status 1 on a miss.
 
     python benchmarks/extract.py                       # 256 images at 224 px, ~3 minutes
     python benchmarks/extract.py --n-images 64 --repeats 1
@@ -39,7 +41,7 @@ from sktransfer import PretrainedFeatureExtractor
 from sktransfer._backbone import create_backbone
 
 MODEL = "tf_efficientnet_lite0"
-MIN_RATIO_TO_HAND_LOOP = 0.9
+MIN_RATIO_TO_HAND_LOOP = 1.3
 MIN_CACHE_SPEEDUP = 50.0
 
 
@@ -110,7 +112,11 @@ def main(argv=None) -> int:
     parser.add_argument("--image-size", type=int, default=None, help="default: the model's")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 keeps ratios steady when busy)"
+    )
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     paths = elpv_paths(args.n_images)
     n = len(paths)

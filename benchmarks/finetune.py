@@ -19,7 +19,9 @@ median over rounds of its epochs after the first (the first carries one-off allo
 costs in every method). Targets:
 
 - head-only epochs at least 5x faster than the plain skorch net's epochs;
-- full fine-tuning epochs within 1.10x of the hand-written loop's.
+- full fine-tuning epochs at least 1.3x faster than the plain hand-written loop's
+  (sktransfer runs convolutional nets in the channels-last memory format; both train
+  BatchNorm statistics, ``batchnorm="train"``, so the arithmetic is the same).
 
 The script exits with status 1 when a target is missed.
 
@@ -138,6 +140,7 @@ def run_sktransfer(freeze_depth, X, y, args):
         device="cpu",
         precision="float32",
         random_state=0,
+        batchnorm="train",
         callbacks=[EpochCpuTime()],
     )
     start = time.perf_counter()
@@ -247,11 +250,15 @@ def main():
     full_ratio = s_wall[FULL] / s_wall[LOOP]
     checks = {
         HEAD: (f"{head_speedup:.0f}x faster", ">= 5x faster than plain", head_speedup >= 5),
-        FULL: (f"{full_ratio:.2f}x loop", "<= 1.10x hand loop", full_ratio <= 1.10),
+        FULL: (
+            f"{1 / full_ratio:.2f}x faster",
+            ">= 1.3x faster than hand loop",
+            1 / full_ratio >= 1.3,
+        ),
     }
     cpu_ratios = {
         HEAD: f" (cpu {s_cpu[PLAIN] / s_cpu[HEAD]:.0f}x)",
-        FULL: f" (cpu {s_cpu[FULL] / s_cpu[LOOP]:.2f}x)",
+        FULL: f" (cpu {s_cpu[LOOP] / s_cpu[FULL]:.2f}x)",
     }
 
     header = ("method", "epochs", "s/epoch", "cpu s/epoch", "fit s", "ratio", "target", "")

@@ -305,3 +305,11 @@ class TestSplitForward:
         groups = _backbone.block_groups(model)
         _backbone.split_forward(model, set(groups[0]), SPLIT_INPUT, head_only=False)
         assert model.training
+
+
+@pytest.mark.parametrize(
+    "model, expected",
+    [("test_efficientnet", True), ("test_resnet", True), ("test_vit", False)],
+)
+def test_channels_last_for_convolutional_nets_only(model, expected):
+    assert _backbone.prefers_channels_last(timm.create_model(model)) is expected
