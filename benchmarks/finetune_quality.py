@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _elpv import elpv_split
+from _report import report
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sweep_defaults import MODEL, WEIGHTS, fit_probe, mean_sd
 
@@ -158,21 +159,19 @@ def main(argv=None) -> int:
 
                 run_seed(split, size, seed, cache_dir, done, write)
 
-    failed = False
+    checks = []
     for size in args.sizes:
         text, deltas = table(records, size)
         print("\n" + text)
         d_ba, d_auc = deltas.get("defaults", (np.nan, np.nan))
-        for label, ok in (
+        checks += [
             (
                 f"{size} px: defaults ROC AUC >= probe + {MIN_AUC_GAIN} ({d_auc:+.3f})",
                 d_auc >= MIN_AUC_GAIN,
             ),
             (f"{size} px: defaults balanced accuracy >= probe ({d_ba:+.3f})", d_ba >= 0),
-        ):
-            failed |= not ok
-            print(f"{'PASS' if ok else 'FAIL'}  {label}")
-    return 1 if failed else 0
+        ]
+    return report(checks)
 
 
 if __name__ == "__main__":

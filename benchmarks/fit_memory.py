@@ -28,6 +28,7 @@ import threading
 import time
 
 from _elpv import elpv_index
+from _report import report
 
 MODEL = "tf_efficientnet_lite0"
 MB = 2**20
@@ -152,10 +153,7 @@ def main() -> int:
             results["spilled"]["anon_rise_mb"] <= budget + work,
         ),
     ]
-    print()
-    for label, ok in checks:
-        print(f"{'PASS' if ok else 'FAIL'}  {label}")
-    return 0 if all(ok for _, ok in checks) else 1
+    return report(checks)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import time
 
 import numpy as np
 from _elpv import elpv_index
+from _report import report
 
 MODEL = "tf_efficientnet_lite0"
 GRID = {"freeze_depth": [0.5, "all"], "lr": [3e-4, 1e-3, 3e-3]}
@@ -129,8 +130,10 @@ def main() -> int:
     best = {arm: min(runs, key=lambda run: run["seconds"]) for arm, runs in results.items()}
     speedup = best["none"]["seconds"] / best["memory"]["seconds"]
     print()
-    print("| memory | search s | frozen-bottom passes / image (fits) | full passes / image "
-          "(predict) | peak RSS MB | best params | best AUC |")
+    print(
+        "| memory | search s | frozen-bottom passes / image (fits) | full passes / image "
+        "(predict) | peak RSS MB | best params | best AUC |"
+    )
     print("|---|---|---|---|---|---|---|")
     for arm, run in best.items():
         print(
@@ -146,10 +149,7 @@ def main() -> int:
         ),
         (f"memory: search >= {MIN_SPEEDUP}x faster ({speedup:.2f}x)", speedup >= MIN_SPEEDUP),
     ]
-    print()
-    for label, ok in checks:
-        print(f"{'PASS' if ok else 'FAIL'}  {label}")
-    return 0 if all(ok for _, ok in checks) else 1
+    return report(checks)
 
 
 if __name__ == "__main__":

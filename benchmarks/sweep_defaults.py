@@ -324,8 +324,8 @@ def markdown_table(rows: list[dict], configs, seeds) -> str:
         if knobs == CURRENT_DEFAULTS:
             label += " (current defaults)"
         if knobs is None:
-            chosen = ", ".join(f"C={r['C']:g}{' scaled' if r['scaled'] else ''}" for r in mine)
-            label += f" ({chosen})"
+            chosen = ", ".join(f"{r['C']:g}{' scaled' if r['scaled'] else ''}" for r in mine)
+            label += f" (C by seed: {chosen})"
         collapsed = sum(r["collapsed"] for r in mine)
         lines.append(
             f"| {label} | {len(mine)} | {mean_sd(r['balanced_accuracy'] for r in mine)} | "

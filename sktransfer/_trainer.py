@@ -98,7 +98,8 @@ class Trainer:
         ema = _backbone.weight_average(self.backbone, plan.ema) if plan.ema else None
         extra = [("ema", WeightAverage(ema))] if ema is not None else []
         try:
-            inputs = self._cached_inputs() if plan.augment is None else None
+            training = any(stage.epochs > 0 for stage in plan.stages)
+            inputs = self._cached_inputs() if plan.augment is None and training else None
             net, history = None, []
             for stage in plan.stages:
                 if stage.epochs > 0:
@@ -142,7 +143,7 @@ class Trainer:
     def _cached_inputs(self) -> dict:
         """The frozen bottom of the deepest stage, computed once for training and
         validation images, and the head stage's pooled features derived from it."""
-        stages = [s for s in self.plan.stages if s.epochs > 0] or list(self.plan.stages)
+        stages = [s for s in self.plan.stages if s.epochs > 0]
         last = stages[-1]
         head_only = self._head_only(last)
         split = _backbone.split_forward(
