@@ -70,8 +70,8 @@ def parse_args():
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=4, help="epochs after the head stage")
     parser.add_argument("--head-epochs", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--layer-decay", type=float, default=0.7)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--layer-decay", type=float, default=0.85)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
 
