@@ -262,10 +262,12 @@ def eval_transform(cfg: dict) -> Callable:
 # Training augmentations by name: timm's auto-augment policy strings on top of a random
 # resized crop (70-100 % of the area) and horizontal flips. TrivialAugment is RandAugment
 # with one operation, always applied, at a uniformly drawn magnitude ("mstd" > 100).
+# Magnitudes are capped at 9 ("mmax9"): at 10, timm's increasing posterize keeps 0 bits,
+# which Pillow rejects ("bits must be between or equal to 1 and 8").
 AUGMENT_POLICIES = {
     "light": None,
-    "randaugment": "rand-m9-mstd0.5-inc1",
-    "trivialaugment": "rand-n1-m10-mstd101-inc1-p1.0",
+    "randaugment": "rand-m9-mstd0.5-inc1-mmax9",
+    "trivialaugment": "rand-n1-m9-mstd101-inc1-mmax9-p1.0",
 }
 
 

@@ -81,7 +81,7 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         Training-time augmentation (timm's ``create_transform``); validation and
         prediction never see it. ``"light"``: random resized crops (70-100 % of the area)
         and horizontal flips; ``"randaugment"`` adds RandAugment (timm's
-        ``rand-m9-mstd0.5-inc1``), ``"trivialaugment"`` TrivialAugment (one random
+        ``rand-m9-mstd0.5-inc1-mmax9``), ``"trivialaugment"`` TrivialAugment (one random
         operation at a random magnitude). A callable takes and returns a PIL image (e.g. a
         torchvision transform) and runs before the model's own preprocessing. With
         augmentation, frozen activations cannot be cached.

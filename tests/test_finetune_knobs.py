@@ -135,6 +135,17 @@ class TestAugmentPresets:
         assert all(op.prob == prob for op in rand[0].ops)
         assert (rand[0].ops[0].magnitude_std == float("inf")) is uniform
 
+    @pytest.mark.parametrize("preset", ["randaugment", "trivialaugment"])
+    @pytest.mark.parametrize("magnitude", [0.0, 100.0], ids=["weakest", "strongest"])
+    def test_every_operation_runs_at_both_ends_of_its_range(self, preset, magnitude):
+        model = tiny().fit(*_two_classes()).net_.module_.backbone
+        tf = train_transform(data_config(model, 32), preset)
+        (rand,) = [t for t in tf.transforms if type(t).__name__ == "RandAugment"]
+        image = Image.fromarray(colour_images(np.array([1]))[0])
+        for op in rand.ops:
+            op.prob, op.magnitude_std, op.magnitude = 1.0, 0.0, magnitude
+            assert op(image).size == image.size, op.name
+
     def test_light_has_no_policy(self):
         assert AUGMENT_POLICIES["light"] is None
 
