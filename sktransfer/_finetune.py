@@ -11,17 +11,16 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, RealNotInt, StrOptions
 from sklearn.utils.class_weight import compute_class_weight
-from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted
 
 from . import _backbone
 from ._device import resolve_device, resolve_precision
 from ._images import as_images
 from ._inference import array_batches, parse_bytes, run_batches, run_forward
+from ._targets import check_sample_weight, encode_labels
 from ._trainer import (
     Stage,
     Trainer,
@@ -306,8 +305,8 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
             delattr(self, attr)  # a fit that fails below leaves no half-fitted state
         source = as_images(X)
-        classes, y_enc, multilabel = _encode_labels(y, len(source))
-        weights = _check_sample_weight(sample_weight, len(source))
+        classes, y_enc, multilabel = encode_labels(y, len(source))
+        weights = check_sample_weight(sample_weight, len(source))
         self._check_combinations(multilabel, weights)
 
         device = resolve_device(self.device)
@@ -605,71 +604,3 @@ TTA_VIEWS = {
     "hflip": (_identity, _hflip),
     "flips": (_identity, _hflip, _vflip, _hvflip),
 }
-
-
-def _check_sample_weight(sample_weight, n_images):
-    """Validate ``sample_weight``: None, or n_images finite, non-negative floats."""
-    if sample_weight is None:
-        return None
-    w = np.asarray(sample_weight)
-    if w.ndim == 0 or w.dtype.kind not in "biuf":
-        raise ValueError(
-            f"sample_weight must be a 1-D array of {n_images} non-negative numbers, one per "
-            f"image; got {type(sample_weight).__name__} of dtype {w.dtype} and shape {w.shape}."
-        )
-    w = w.astype(np.float64)
-    if w.ndim != 1 or len(w) != n_images:
-        raise ValueError(
-            f"sample_weight has shape {np.shape(sample_weight)} but X has {n_images} images; "
-            "pass one weight per image."
-        )
-    bad = np.flatnonzero(~np.isfinite(w))
-    if len(bad):
-        raise ValueError(
-            f"sample_weight contains NaN or infinite values (first at index {bad[0]}); "
-            "every weight must be a finite number >= 0."
-        )
-    bad = np.flatnonzero(w < 0)
-    if len(bad):
-        raise ValueError(
-            f"sample_weight contains negative values (first at index {bad[0]}: "
-            f"{w[bad[0]]:g}); weights must be >= 0."
-        )
-    if not w.sum() > 0:
-        raise ValueError("sample_weight sums to zero: at least one image must have weight > 0.")
-    return w
-
-
-def _encode_labels(y, n_images):
-    """Validate ``y`` and encode it: (classes, encoded targets, is_multilabel)."""
-    if y is None:
-        raise ValueError("FineTunedClassifier needs labels: y is None.")
-    values = np.asarray(y, dtype=object)
-    if len(values) != n_images:
-        raise ValueError(
-            f"X and y have different lengths: {n_images} images but {len(values)} labels."
-        )
-    # Scan as objects: np.asarray would turn None or NaN among strings into classes.
-    for i, v in enumerate(values.ravel()):
-        if v is None:
-            raise ValueError(f"y contains None (first at index {i}); every image needs a label.")
-        if isinstance(v, float | np.floating) and not np.isfinite(v):
-            raise ValueError(f"y contains NaN or infinite values (first at index {i}).")
-    y_arr = np.asarray(y)
-    kind = type_of_target(y_arr, input_name="y")
-    if kind == "multilabel-indicator":
-        if y_arr.shape[1] < 2:
-            raise ValueError("A multilabel y needs at least two label columns.")
-        return np.arange(y_arr.shape[1]), y_arr.astype(np.float32), True
-    if kind not in ("binary", "multiclass"):
-        raise ValueError(
-            f"y looks like a {kind} target; FineTunedClassifier expects class labels "
-            "(binary or multiclass, 1-D) or a 2-D 0/1 multilabel indicator matrix."
-        )
-    encoder = LabelEncoder().fit(y_arr.ravel())
-    if len(encoder.classes_) < 2:
-        raise ValueError(
-            f"y has a single class ({encoder.classes_[0].item()!r}); a classifier needs at "
-            "least two classes."
-        )
-    return encoder.classes_, encoder.transform(y_arr.ravel()), False
