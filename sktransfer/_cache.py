@@ -29,6 +29,8 @@ import joblib
 import numpy as np
 from sklearn.utils.validation import check_memory
 
+from ._inference import empty_rows
+
 
 def cache_namespace(
     *, model: str, weights: str, data_config: dict, layer, pooling, precision: str, device
@@ -98,7 +100,7 @@ class EmbeddingCache:
         os.replace(tmp, self.folder / f"{name}.joblib")
 
     def rows(
-        self, keys: list[bytes], compute: Callable, allocate: Callable | None = None
+        self, keys: list[bytes], compute: Callable, allocate: Callable = empty_rows
     ) -> np.ndarray:
         """The rows of ``keys``: cached ones looked up, the others computed once each by
         ``compute(positions, allocate)`` (positions into ``keys``) and stored.
@@ -122,7 +124,7 @@ class EmbeddingCache:
         elif missing:
             return compute(np.arange(len(keys)), allocate)
         shape = (len(keys), *next(iter(found.values())).shape)
-        out = (allocate or _empty)(shape)
+        out = allocate(shape)
         for i, key in enumerate(keys):
             out[i] = found[key]
         return out
@@ -150,7 +152,3 @@ def _first_positions(keys, found) -> list[int]:
         if key not in found:
             first.setdefault(key, i)
     return list(first.values())
-
-
-def _empty(shape) -> np.ndarray:
-    return np.empty(shape, dtype=np.float32)
