@@ -107,7 +107,6 @@ class BudgetAllocator:
         self.budget = budget
         self.folder = folder
         self.used = 0
-        self.spilled = False
         self.n_files = 0
         self._tmp = None
 
@@ -115,12 +114,11 @@ class BudgetAllocator:
         nbytes = int(np.prod(shape, dtype=np.int64)) * 4
         if self.used + nbytes <= self.budget:
             self.used += nbytes
-            return np.empty(shape, dtype=np.float32)
+            return empty_rows(shape)
         if self._tmp is None:
             if self.folder is not None:
                 os.makedirs(self.folder, exist_ok=True)
             self._tmp = tempfile.TemporaryDirectory(prefix="sktransfer-", dir=self.folder)
-        self.spilled = True
         path = os.path.join(self._tmp.name, f"rows-{self.n_files}.npy")
         self.n_files += 1
         return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=tuple(shape))

@@ -82,6 +82,11 @@ class TrainingData:
     n_outputs: int
     sample_weight: np.ndarray | None = None
 
+    @property
+    def positions(self) -> np.ndarray:
+        """The images used in training order: training rows, then validation rows."""
+        return np.concatenate([self.train_idx, self.valid_idx])
+
 
 class Trainer:
     """Run a plan: ``run()`` returns the skorch net of the last stage and the history."""
@@ -149,7 +154,7 @@ class Trainer:
         split = _backbone.split_forward(
             self.backbone, self._frozen(last), self.data.cfg["input_size"], head_only=head_only
         )
-        positions = np.concatenate([self.data.train_idx, self.data.valid_idx])
+        positions = self.data.positions
         self.backbone.eval()
         bottom = self._rows(split.point, positions, self._bottom_of_images(split))
         inputs = {"bottom": (split, bottom)}
@@ -178,7 +183,7 @@ class Trainer:
         )
 
     def _bottom_of_images(self, split) -> Callable:
-        positions = np.concatenate([self.data.train_idx, self.data.valid_idx])
+        positions = self.data.positions
         return bottom_of_images(
             split,
             self.data.source,
@@ -240,7 +245,7 @@ class Trainer:
     def _targets(self):
         """Targets and sample weights in the order train rows, then validation rows."""
         data = self.data
-        order = np.concatenate([data.train_idx, data.valid_idx])
+        order = data.positions
         dtype = torch.float32 if data.multilabel else torch.long
         y = torch.as_tensor(data.y[order], dtype=dtype)
         w = None
