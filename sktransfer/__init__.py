@@ -3,11 +3,13 @@
 from ._display import TrainingHistoryDisplay
 from ._features import PretrainedFeatureExtractor, top_imagenet_labels
 from ._finetune import FineTunedClassifier
+from ._params import InvalidParameterError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FineTunedClassifier",
+    "InvalidParameterError",
     "PretrainedFeatureExtractor",
     "TrainingHistoryDisplay",
     "top_imagenet_labels",

@@ -7,13 +7,7 @@ from numbers import Integral
 
 import numpy as np
 import torch
-from sklearn.base import (
-    BaseEstimator,
-    ClassNamePrefixFeaturesOutMixin,
-    TransformerMixin,
-    _fit_context,
-)
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from . import _backbone
@@ -21,6 +15,7 @@ from ._cache import EmbeddingCache, cache_namespace
 from ._device import dumps_torch, loadable_device, loads_torch, resolve_device, resolve_precision
 from ._images import as_images
 from ._inference import run_batches
+from ._params import HasMethods, Interval, Options, validate_params
 
 PRECISIONS = ("auto", "float32", "float16", "bfloat16")
 
@@ -100,17 +95,17 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
     (4, 256)
     """
 
-    _parameter_constraints: dict = {
+    _param_constraints: dict = {
         "model": [str],
         "weights": [str, os.PathLike, None],
-        "layer": [None, StrOptions({"logits"}), Integral, list, tuple],
-        "pooling": [None, StrOptions(set(_backbone.POOLINGS))],
+        "layer": [None, Options({"logits"}), Integral, list, tuple],
+        "pooling": [None, Options(set(_backbone.POOLINGS))],
         "image_size": [None, Interval(Integral, 1, None, closed="left"), tuple, list],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "device": [str, torch.device],
-        "precision": [StrOptions(set(PRECISIONS))],
+        "precision": [Options(set(PRECISIONS))],
         "num_workers": [Interval(Integral, 0, None, closed="left")],
-        "memory": [None, str, os.PathLike, HasMethods(["cache"])],
+        "memory": [None, str, os.PathLike, HasMethods(("cache",))],
         "verbose": ["verbose"],
     }
 
@@ -141,7 +136,6 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         self.memory = memory
         self.verbose = verbose
 
-    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X=None, y=None):
         """Load the backbone and resolve device and preprocessing.
 
@@ -157,6 +151,7 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         -------
         self : PretrainedFeatureExtractor
         """
+        validate_params(self)
         if X is not None:
             as_images(X)  # validate early; files are checked to exist
         blocks = self._block_indices()

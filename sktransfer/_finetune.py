@@ -9,10 +9,9 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import HasMethods, Interval, RealNotInt, StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import check_is_fitted
 
@@ -20,6 +19,7 @@ from . import _backbone
 from ._device import resolve_device, resolve_precision
 from ._images import as_images
 from ._inference import array_batches, parse_bytes, run_batches, run_forward
+from ._params import HasMethods, Interval, Options, validate_params
 from ._targets import check_sample_weight, encode_labels
 from ._trainer import (
     Stage,
@@ -178,40 +178,40 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
     (2,)
     """
 
-    _parameter_constraints: dict = {
+    _param_constraints: dict = {
         "model": [str],
         "weights": [str, os.PathLike, None],
         "freeze_depth": [
             Interval(Integral, 0, None, closed="left"),
-            Interval(RealNotInt, 0, 1, closed="both"),
-            StrOptions({"all"}),
+            Interval("real_not_int", 0, 1, closed="both"),
+            Options({"all"}),
         ],
         "head_epochs": [Interval(Integral, 0, None, closed="left")],
         "max_epochs": [Interval(Integral, 0, None, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "layer_decay": [Interval(Real, 0, 1, closed="right")],
-        "optimizer": [StrOptions(set(OPTIMIZERS))],
+        "optimizer": [Options(set(OPTIMIZERS))],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "augment": [None, StrOptions(set(_backbone.AUGMENT_POLICIES)), callable],
-        "batchnorm": [StrOptions({"auto", "frozen", "train"})],
+        "augment": [None, Options(set(_backbone.AUGMENT_POLICIES)), callable],
+        "batchnorm": [Options({"auto", "frozen", "train"})],
         "mixup": [Interval(Real, 0, None, closed="left")],
         "cutmix": [Interval(Real, 0, None, closed="left")],
         "ema": [None, Interval(Real, 0, 1, closed="neither")],
-        "tta": [None, StrOptions({"hflip", "flips"})],
+        "tta": [None, Options({"hflip", "flips"})],
         "image_size": [None, Interval(Integral, 1, None, closed="left"), tuple, list],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "early_stopping": [None, Interval(Integral, 1, None, closed="left")],
-        "class_weight": [None, dict, StrOptions({"balanced"})],
+        "class_weight": [None, dict, Options({"balanced"})],
         "label_smoothing": [Interval(Real, 0, 1, closed="left")],
         "drop_rate": [Interval(Real, 0, 1, closed="left")],
         "device": [str, torch.device],
-        "precision": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
+        "precision": [Options({"auto", "float32", "bfloat16", "float16"})],
         "num_workers": [Interval(Integral, 0, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "callbacks": [None, list],
-        "memory": [None, str, os.PathLike, HasMethods(["cache"])],
+        "memory": [None, str, os.PathLike, HasMethods(("cache",))],
         "activation_budget": [Interval(Integral, 0, None, closed="left"), str],
     }
 
@@ -282,7 +282,6 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------------- fit
 
-    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None):
         """Fine-tune the backbone on images ``X`` with labels ``y``.
 
@@ -302,6 +301,7 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         -------
         self : FineTunedClassifier
         """
+        validate_params(self)
         for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
             delattr(self, attr)  # a fit that fails below leaves no half-fitted state
         source = as_images(X)

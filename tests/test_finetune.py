@@ -687,7 +687,6 @@ DATA_FREE_CHECKS = [
     "check_valid_tag_types",
     "check_mixin_order",
     "check_estimators_unfitted",  # predict raises NotFittedError before reading X
-    "check_param_validation",  # invalid parameters raise before X is read
 ]
 
 

@@ -1,0 +1,158 @@
+"""Parameter validation: what each estimator parameter accepts, checked at ``fit``.
+
+scikit-learn's own validator (``sklearn.utils._param_validation`` and
+``sklearn.base._fit_context``) is private and changes without deprecation, so
+sktransfer keeps a small one of its own, as imbalanced-learn does. An estimator lists its
+constraints in ``_param_constraints`` (name -> list of accepted kinds) and calls
+:func:`validate_params` at the start of ``fit``. A parameter is valid when it satisfies
+any one of its constraints:
+
+- a type (``str``, ``dict``, ``os.PathLike`` ...): an instance of it;
+- ``None``: the value ``None``;
+- ``callable``: any callable;
+- :class:`Interval`: a number of the given kind within bounds (bools are not numbers);
+- :class:`Options`: one of a set of values;
+- :class:`HasMethods`: an object with the named methods;
+- ``"random_state"``: ``None``, an int or a ``numpy.random.RandomState``;
+- ``"verbose"``: a bool or an int.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+import numpy as np
+
+
+class InvalidParameterError(ValueError, TypeError):
+    """A parameter of an sktransfer estimator has a value it does not accept.
+
+    A subclass of both ``ValueError`` and ``TypeError``, as scikit-learn's own
+    ``InvalidParameterError``, so ``except ValueError`` catches a wrong value and
+    ``except TypeError`` a wrong type.
+    """
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Numbers of ``kind`` (``Integral``, ``Real`` or ``"real_not_int"``) between
+    ``left`` and ``right`` (``None``: unbounded); ``closed`` in {"left", "right",
+    "both", "neither"}."""
+
+    kind: object
+    left: float | None
+    right: float | None
+    closed: str
+
+    def __contains__(self, value) -> bool:
+        if isinstance(value, (bool, np.bool_)) or not self._is_kind(value):
+            return False
+        if self.left is not None:
+            if value < self.left or (value == self.left and self.closed in ("right", "neither")):
+                return False
+        if self.right is not None:
+            if value > self.right or (value == self.right and self.closed in ("left", "neither")):
+                return False
+        return True
+
+    def _is_kind(self, value) -> bool:
+        if self.kind == "real_not_int":
+            return isinstance(value, Real) and not isinstance(value, Integral)
+        return isinstance(value, self.kind)
+
+    def __str__(self) -> str:
+        kind = {Integral: "an int", Real: "a float", "real_not_int": "a float"}[self.kind]
+        left = "-inf" if self.left is None else self.left
+        right = "inf" if self.right is None else self.right
+        brackets = {"left": "[)", "right": "(]", "both": "[]", "neither": "()"}[self.closed]
+        return f"{kind} in the range {brackets[0]}{left}, {right}{brackets[1]}"
+
+
+@dataclass(frozen=True)
+class Options:
+    """One of a fixed set of values."""
+
+    values: frozenset
+
+    def __init__(self, values):
+        object.__setattr__(self, "values", frozenset(values))
+
+    def __contains__(self, value) -> bool:
+        try:
+            return value in self.values
+        except TypeError:  # unhashable
+            return False
+
+    def __str__(self) -> str:
+        return "one of {" + ", ".join(repr(v) for v in sorted(self.values, key=str)) + "}"
+
+
+@dataclass(frozen=True)
+class HasMethods:
+    """Any object with all the named methods (duck typing, e.g. ``joblib.Memory``)."""
+
+    methods: tuple
+
+    def __contains__(self, value) -> bool:
+        return all(callable(getattr(value, m, None)) for m in self.methods)
+
+    def __str__(self) -> str:
+        return "an object implementing " + ", ".join(repr(m) for m in self.methods)
+
+
+def _satisfies(constraint, value) -> bool:
+    if constraint is None:
+        return value is None
+    if constraint is callable:
+        return callable(value)
+    if constraint == "random_state":
+        return value is None or _is_int(value) or isinstance(value, np.random.RandomState)
+    if constraint == "verbose":
+        return isinstance(value, (bool, np.bool_)) or _is_int(value)
+    if isinstance(constraint, type):
+        return isinstance(value, constraint)
+    return value in constraint
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _describe(constraint) -> str:
+    if constraint is None:
+        return "None"
+    if constraint is callable:
+        return "a callable"
+    if constraint == "random_state":
+        return "an int, a numpy.random.RandomState or None"
+    if constraint == "verbose":
+        return "a bool or an int"
+    if isinstance(constraint, type):
+        return f"an instance of {constraint.__name__!r}"
+    return str(constraint)
+
+
+def validate_params(estimator) -> None:
+    """Check every parameter of ``estimator`` against its ``_param_constraints``.
+
+    Raises
+    ------
+    InvalidParameterError
+        Naming the parameter, the estimator, what it accepts and the value it got.
+    """
+    params = estimator.get_params(deep=False)
+    for name, constraints in estimator._param_constraints.items():
+        value = params[name]
+        if any(_satisfies(c, value) for c in constraints):
+            continue
+        accepted = [_describe(c) for c in constraints]
+        expected = (
+            accepted[0]
+            if len(accepted) == 1
+            else (", ".join(accepted[:-1]) + " or " + accepted[-1])
+        )
+        raise InvalidParameterError(
+            f"The {name!r} parameter of {type(estimator).__name__} must be {expected}. "
+            f"Got {value!r} instead."
+        )
