@@ -1,8 +1,8 @@
 """sktransfer: pretrained timm backbones as scikit-learn estimators."""
 
+from ._classifier import FineTunedClassifier
 from ._display import TrainingHistoryDisplay
 from ._features import PretrainedFeatureExtractor, top_imagenet_labels
-from ._finetune import FineTunedClassifier
 from ._params import InvalidParameterError
 
 __version__ = "0.1.0"

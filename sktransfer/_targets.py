@@ -3,9 +3,86 @@ was received and what is expected, and encoded for training."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import type_of_target
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Encoded targets: what the training core needs, and the fitted attributes the
+    estimator keeps (``attributes``, e.g. ``{"classes_": ...}``)."""
+
+    y: np.ndarray  # int labels (n,), 0/1 label columns or standardised values (n, k)
+    n_outputs: int
+    loss: str  # one of _trainer.LOSSES
+    stratify: np.ndarray | None = None
+    attributes: dict = field(default_factory=dict)
+
+
+def classification_targets(y, n_images) -> Targets:
+    """Class labels (cross-entropy) or a 0/1 indicator matrix (one sigmoid per label)."""
+    classes, y_enc, multilabel = encode_labels(y, n_images)
+    if multilabel:
+        return Targets(
+            y_enc,
+            y_enc.shape[1],
+            "binary_cross_entropy",
+            attributes={"classes_": classes, "multilabel_": True},
+        )
+    return Targets(
+        y_enc,
+        len(classes),
+        "cross_entropy",
+        stratify=y_enc,
+        attributes={"classes_": classes, "multilabel_": False},
+    )
+
+
+def regression_targets(y, n_images, loss: str) -> Targets:
+    """Real targets, 1-D or one column per output, standardised per column (a constant
+    column keeps a scale of 1)."""
+    values = _real_matrix(y, n_images)
+    mean = values.mean(axis=0)
+    scale = values.std(axis=0)
+    scale[scale == 0] = 1.0
+    return Targets(
+        ((values - mean) / scale).astype(np.float32),
+        values.shape[1],
+        loss,
+        attributes={
+            "n_outputs_": values.shape[1],
+            "target_mean_": mean,
+            "target_scale_": scale,
+            "multioutput_": np.ndim(y) == 2,
+        },
+    )
+
+
+def _real_matrix(y, n_images) -> np.ndarray:
+    if y is None:
+        raise ValueError("FineTunedRegressor needs targets: y is None.")
+    try:
+        values = np.asarray(y, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"y must hold real numbers, one row per image; it could not be read as "
+            f"floats ({exc}). Encode categories as numbers, or use FineTunedClassifier."
+        ) from exc
+    if values.ndim not in (1, 2) or len(values) != n_images or values.size == 0:
+        raise ValueError(
+            f"y must have shape ({n_images},) or ({n_images}, n_outputs), one row per "
+            f"image; got shape {values.shape}."
+        )
+    bad = np.flatnonzero(~np.isfinite(values.reshape(n_images, -1)).all(axis=1))
+    if len(bad):
+        raise ValueError(
+            f"y contains NaN or infinite values (first in the row of image {bad[0]}); "
+            "every target must be a finite number."
+        )
+    return values.reshape(n_images, -1)
 
 
 def check_sample_weight(sample_weight, n_images):

@@ -33,6 +33,10 @@ from ._training import (
     warmup_cosine,
 )
 
+# Losses by target kind: class labels, 0/1 label columns, standardised real targets.
+CLASSIFICATION_LOSSES = ("cross_entropy", "binary_cross_entropy")
+LOSSES = (*CLASSIFICATION_LOSSES, "squared_error", "huber")
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -48,6 +52,7 @@ class TrainingPlan:
     """How to train: plain values, resolved by the estimator."""
 
     stages: tuple[Stage, ...]
+    loss: str  # one of LOSSES
     batch_size: int
     optimizer: str
     weight_decay: float
@@ -78,7 +83,6 @@ class TrainingData:
     train_idx: np.ndarray
     valid_idx: np.ndarray
     cfg: dict
-    multilabel: bool
     n_outputs: int
     sample_weight: np.ndarray | None = None
 
@@ -246,7 +250,7 @@ class Trainer:
         """Targets and sample weights in the order train rows, then validation rows."""
         data = self.data
         order = data.positions
-        dtype = torch.float32 if data.multilabel else torch.long
+        dtype = torch.long if self.plan.loss == "cross_entropy" else torch.float32
         y = torch.as_tensor(data.y[order], dtype=dtype)
         w = None
         if data.sample_weight is not None:
@@ -283,9 +287,11 @@ class Trainer:
                     step_every="batch",
                 ),
             ),
-            ("accuracy", Accuracy(self.data.multilabel, train=mixer is None)),
             *extra,
         ]
+        if plan.loss in CLASSIFICATION_LOSSES:
+            accuracy = Accuracy(plan.loss == "binary_cross_entropy", train=mixer is None)
+            callbacks.insert(2, ("accuracy", accuracy))
         if len(self.data.valid_idx) and plan.early_stopping is not None:
             callbacks.append(
                 ("early_stopping", EarlyStopping(patience=plan.early_stopping, load_best=True))
@@ -325,13 +331,17 @@ class Trainer:
             cutmix,
             label_smoothing=plan.label_smoothing,
             n_classes=self.data.n_outputs,
-            multilabel=self.data.multilabel,
+            multilabel=plan.loss == "binary_cross_entropy",
         )
 
     def _criterion(self):
         plan = self.plan
-        if self.data.multilabel:
+        if plan.loss == "binary_cross_entropy":
             return nn.BCEWithLogitsLoss(reduction="none")
+        if plan.loss == "squared_error":
+            return nn.MSELoss(reduction="none")
+        if plan.loss == "huber":
+            return nn.HuberLoss(reduction="none", delta=1.0)
         mixing = plan.mixup > 0 or plan.cutmix > 0  # timm's Mixup smooths the targets
         return nn.CrossEntropyLoss(
             weight=plan.class_weight,
