@@ -4,11 +4,13 @@ from ._classifier import FineTunedClassifier
 from ._display import TrainingHistoryDisplay
 from ._features import PretrainedFeatureExtractor, top_imagenet_labels
 from ._params import InvalidParameterError
+from ._regressor import FineTunedRegressor
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FineTunedClassifier",
+    "FineTunedRegressor",
     "InvalidParameterError",
     "PretrainedFeatureExtractor",
     "TrainingHistoryDisplay",

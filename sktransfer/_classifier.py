@@ -256,7 +256,7 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         """
         return super().fit(X, y, sample_weight=sample_weight)
 
-    def _encode_targets(self, y, n_images) -> Targets:
+    def _encode_targets(self, y, n_images, sample_weight) -> Targets:
         return classification_targets(y, n_images)
 
     def _loss_options(self, targets, data) -> dict:

@@ -1,4 +1,5 @@
-"""Learning curves of a fitted :class:`~sktransfer.FineTunedClassifier`.
+"""Learning curves of a fitted fine-tuner (:class:`~sktransfer.FineTunedClassifier`,
+:class:`~sktransfer.FineTunedRegressor`).
 
 matplotlib is an optional dependency (``pip install sktransfer[plots]``); it is imported
 only when something is plotted, never when :mod:`sktransfer` is imported.
@@ -18,7 +19,7 @@ _STAGE_LABEL = "fine-tuning starts"
 
 
 class TrainingHistoryDisplay:
-    """Learning curves: per-epoch losses and accuracies of a fitted ``FineTunedClassifier``.
+    """Learning curves: per-epoch losses and accuracies of a fitted fine-tuner.
 
     Follows scikit-learn's display API: build it with :meth:`from_estimator` (which
     plots), or from a history list and call :meth:`plot`. One panel is drawn per metric,
@@ -81,17 +82,18 @@ class TrainingHistoryDisplay:
         self.estimator_name = estimator_name
 
     @classmethod
-    def from_estimator(cls, estimator, *, ax=None, metrics=("loss", "accuracy")):
+    def from_estimator(cls, estimator, *, ax=None, metrics=None):
         """Plot the learning curves of a fitted estimator from its ``history_``.
 
         Parameters
         ----------
-        estimator : FineTunedClassifier
+        estimator : FineTunedClassifier or FineTunedRegressor
             A fitted estimator with a ``history_`` attribute.
         ax : matplotlib Axes, sequence of Axes or None, default=None
             One Axes per metric (a single Axes when ``metrics`` has one metric); a new
             figure with one panel per metric when None.
-        metrics : str or sequence of {"loss", "accuracy"}, default=("loss", "accuracy")
+        metrics : str, sequence of {"loss", "accuracy"} or None, default=None
+            None: loss, and accuracy when the history has it (classifiers).
             The panels, in order.
 
         Returns
@@ -104,7 +106,7 @@ class TrainingHistoryDisplay:
         sklearn.exceptions.NotFittedError
             If the estimator is not fitted.
         TypeError
-            If it has no ``history_`` (it is not a ``FineTunedClassifier``).
+            If it has no ``history_`` (it is not a fine-tuner).
         ValueError
             See :meth:`plot`.
         """
@@ -113,12 +115,12 @@ class TrainingHistoryDisplay:
         if history is None:
             raise TypeError(
                 f"{cls.__name__}.from_estimator needs an estimator with a history_ "
-                f"attribute (a fitted FineTunedClassifier); got {type(estimator).__name__}."
+                f"attribute (a fitted FineTunedClassifier or FineTunedRegressor); got {type(estimator).__name__}."
             )
         display = cls(history, estimator_name=type(estimator).__name__)
         return display.plot(ax=ax, metrics=metrics)
 
-    def plot(self, ax=None, *, metrics=("loss", "accuracy")):
+    def plot(self, ax=None, *, metrics=None):
         """Plot the learning curves.
 
         Parameters
@@ -126,7 +128,8 @@ class TrainingHistoryDisplay:
         ax : matplotlib Axes, sequence of Axes or None, default=None
             One Axes per metric (a single Axes when ``metrics`` has one metric); a new
             figure with one panel per metric when None.
-        metrics : str or sequence of {"loss", "accuracy"}, default=("loss", "accuracy")
+        metrics : str, sequence of {"loss", "accuracy"} or None, default=None
+            None: loss, and accuracy when the history has it (classifiers).
             The panels, in order: ``"loss"`` draws ``train_loss`` and ``valid_loss``,
             ``"accuracy"`` draws ``train_acc`` and ``valid_acc``, those present.
 
@@ -144,7 +147,7 @@ class TrainingHistoryDisplay:
             If matplotlib is not installed.
         """
         epochs, records = _check_history(self.history)
-        metrics = _check_metrics(metrics)
+        metrics = _check_metrics(metrics, records)
         series = {metric: _metric_series(metric, epochs, records) for metric in metrics}
         boundary = _stage_boundary(epochs, records)
         plt = _import_pyplot()
@@ -201,7 +204,10 @@ def _check_history(history):
     return np.asarray(epochs, dtype=float), records
 
 
-def _check_metrics(metrics):
+def _check_metrics(metrics, records):
+    if metrics is None:  # accuracy where it was recorded (classifiers), loss always
+        recorded = any(r.get(k) is not None for r in records for k in _PANELS["accuracy"][1])
+        return ("loss", "accuracy") if recorded else ("loss",)
     metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
     unknown = [m for m in metrics if m not in _PANELS]
     if not metrics or unknown or len(set(metrics)) != len(metrics):

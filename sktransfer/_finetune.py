@@ -135,7 +135,7 @@ class FineTunedEstimator(BaseEstimator):
 
     # ------------------------------------------------------- what subclasses say
 
-    def _encode_targets(self, y, n_images: int) -> Targets:
+    def _encode_targets(self, y, n_images: int, sample_weight) -> Targets:
         raise NotImplementedError
 
     def _loss_options(self, targets: Targets, data: TrainingData) -> dict:
@@ -174,8 +174,8 @@ class FineTunedEstimator(BaseEstimator):
         for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
             delattr(self, attr)  # a fit that fails below leaves no half-fitted state
         source = as_images(X)
-        targets = self._encode_targets(y, len(source))
         weights = check_sample_weight(sample_weight, len(source))
+        targets = self._encode_targets(y, len(source), weights)
         self._check_combinations(targets, weights)
 
         device = resolve_device(self.device)

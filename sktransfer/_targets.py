@@ -41,12 +41,13 @@ def classification_targets(y, n_images) -> Targets:
     )
 
 
-def regression_targets(y, n_images, loss: str) -> Targets:
-    """Real targets, 1-D or one column per output, standardised per column (a constant
-    column keeps a scale of 1)."""
+def regression_targets(y, n_images, loss: str, sample_weight=None) -> Targets:
+    """Real targets, 1-D or one column per output, standardised per column with the
+    sample weights (a zero-weight image does not move the scale; a constant column keeps
+    a scale of 1)."""
     values = _real_matrix(y, n_images)
-    mean = values.mean(axis=0)
-    scale = values.std(axis=0)
+    mean = np.average(values, axis=0, weights=sample_weight)
+    scale = np.sqrt(np.average((values - mean) ** 2, axis=0, weights=sample_weight))
     scale[scale == 0] = 1.0
     return Targets(
         ((values - mean) / scale).astype(np.float32),

@@ -40,8 +40,9 @@ def random_images(n, size=TINY_SIZE, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
-def tiny(**params) -> FineTunedClassifier:
-    """A FineTunedClassifier on timm's tiny random-weight EfficientNet, on the CPU."""
+def tiny(estimator=FineTunedClassifier, **params):
+    """A fine-tuner (``FineTunedClassifier`` by default) on timm's tiny random-weight
+    EfficientNet, on the CPU."""
     defaults = dict(
         model="test_efficientnet",
         weights=None,
@@ -53,7 +54,7 @@ def tiny(**params) -> FineTunedClassifier:
         random_state=0,
     )
     defaults.update(params)
-    return FineTunedClassifier(**defaults)
+    return estimator(**defaults)
 
 
 # -------------------------------------------------------------------- backbone layout
@@ -262,14 +263,15 @@ _LOAD_AND_PREDICT = textwrap.dedent(
         else:
             with open(path, "rb") as f:
                 est = pickle.load(f)
-        np.save(path + ".proba.npy", est.predict_proba(X))
+        out = est.predict_proba(X) if hasattr(est, "predict_proba") else est.predict(X)
+        np.save(path + ".proba.npy", out)
     """
 )
 
 
 def predict_in_fresh_process(tmp_path, X, paths) -> list[np.ndarray]:
     """Load each pickle or joblib file in a new CPU-only Python process, offline, and
-    return its ``predict_proba(X)``."""
+    return its ``predict_proba(X)`` (``predict(X)`` for a regressor)."""
     x_path = tmp_path / "X.npy"
     np.save(x_path, X)
     env = dict(

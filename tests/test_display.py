@@ -179,9 +179,17 @@ def test_history_not_a_list_of_dicts(history):
 def test_no_accuracy_names_validation_fraction():
     history = make_history(valid=False, accuracy=False)
     with pytest.raises(ValueError, match=r"no accuracy values.*validation_fraction > 0"):
-        TrainingHistoryDisplay(history).plot()
+        TrainingHistoryDisplay(history).plot(metrics=("loss", "accuracy"))
     display = TrainingHistoryDisplay(history).plot(metrics=("loss",))
     assert set(display.lines_["loss"]) == {"train_loss"}
+
+
+def test_default_metrics_are_those_recorded():
+    """A regressor records no accuracy: by default it gets the loss panel alone."""
+    display = TrainingHistoryDisplay(make_history(accuracy=False, valid=False)).plot()
+    assert set(display.lines_) == {"loss"}
+    display = TrainingHistoryDisplay(make_history()).plot()
+    assert set(display.lines_) == {"loss", "accuracy"}
 
 
 def test_no_loss():
@@ -199,7 +207,9 @@ def test_invalid_metrics(metrics):
 def test_errors_before_drawing():
     """Invalid input raises before a figure is created."""
     with pytest.raises(ValueError):
-        TrainingHistoryDisplay(make_history(accuracy=False, valid=False)).plot()
+        TrainingHistoryDisplay(make_history(accuracy=False, valid=False)).plot(
+            metrics=("loss", "accuracy")
+        )
     assert plt.get_fignums() == []
 
 
