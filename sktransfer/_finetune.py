@@ -12,10 +12,12 @@ import contextlib
 import os
 import random
 from numbers import Integral, Real
+from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
+from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
@@ -220,7 +222,7 @@ class FineTunedEstimator(BaseEstimator):
         weights in the cache."""
         backbone = _backbone.create_backbone(
             self.model,
-            self.weights,
+            self._starting_weights(),
             image_size=self.image_size,
             drop_rate=self.drop_rate,
             seed=seed,
@@ -228,6 +230,48 @@ class FineTunedEstimator(BaseEstimator):
         identity = self._cache_identity(backbone)
         _backbone.reset_head(backbone, n_outputs)
         return backbone, identity
+
+    def _starting_weights(self):
+        """``weights`` as :func:`_backbone.create_backbone` takes them: a fitted
+        fine-tuner (sequential transfer) gives its fine-tuned backbone's state dict."""
+        donor = self.weights
+        if isinstance(donor, FrozenEstimator):
+            donor = donor.estimator
+        if not isinstance(donor, FineTunedEstimator):
+            return donor
+        if not hasattr(donor, "net_"):
+            raise ValueError(
+                f"weights= is an unfitted {type(donor).__name__}: sequential transfer starts "
+                "from a fitted fine-tuner. Fit it first. Inside GridSearchCV or after "
+                "clone(), estimator parameters are cloned unfitted: pass "
+                "sklearn.frozen.FrozenEstimator(fitted) or a file saved by "
+                "fitted.save_weights(path) instead."
+            )
+        return donor.net_.module_.backbone.state_dict()
+
+    def save_weights(self, path):
+        """Save the fine-tuned backbone's weights (head included) to a file.
+
+        The file is a plain state dict of tensors: ``.safetensors`` (needs the
+        ``safetensors`` package) or ``.pt``/``.pth`` (``torch.save``). ``weights=path``
+        of any sktransfer estimator loads it: a new fine-tune starts from this one
+        (sequential transfer; the head is replaced), and a
+        :class:`PretrainedFeatureExtractor` embeds with the fine-tuned backbone.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Where to write; the suffix chooses the format.
+
+        Returns
+        -------
+        path : pathlib.Path
+            The file written.
+        """
+        check_is_fitted(self)
+        path = Path(os.fspath(path))
+        _backbone.save_state(self.net_.module_.backbone, path)
+        return path
 
     def _plan(self, backbone, groups, frozen_groups, device, targets, data, identity):
         """The training plan: stages, learning rates and every knob, as plain values."""
@@ -414,6 +458,10 @@ def _hvflip(x):
 
 def _identity(x):
     return x
+
+
+# A fitted fine-tuner, bare or frozen, is a starting point too (sequential transfer).
+FineTunedEstimator._param_constraints["weights"] += [FineTunedEstimator, FrozenEstimator]
 
 
 # Test-time augmentation: the views of each image whose predictions are averaged.

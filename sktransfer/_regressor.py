@@ -23,8 +23,12 @@ class FineTunedRegressor(RegressorMixin, FineTunedEstimator):
     ----------
     model : str, default="efficientnet_b0.ra_in1k"
         Any timm model name, with or without a pretrained tag.
-    weights : "pretrained", None or path-like, default="pretrained"
-        Hub weights (cache-aware), random initialisation, or a local checkpoint.
+    weights : "pretrained", None, path-like or fitted fine-tuner, default="pretrained"
+        As in :class:`PretrainedFeatureExtractor`: hub weights (cache-aware), random
+        initialisation, or a local checkpoint (such as a file of :meth:`save_weights`).
+        A fitted :class:`FineTunedClassifier` or :class:`FineTunedRegressor` (bare, or
+        in ``sklearn.frozen.FrozenEstimator`` to survive ``clone`` in searches) starts
+        from its fine-tuned backbone with a new head: sequential transfer.
     loss : {"squared_error", "huber"}, default="squared_error"
         Mean squared error, or the Huber loss with its threshold at one standard
         deviation of the target (robust to a few wrong or extreme targets).

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from sktransfer import PretrainedFeatureExtractor
+from sktransfer.datasets import load_elpv
 
 TINY_MODEL = "test_efficientnet"
 TINY_SIZE = 32
@@ -139,16 +140,12 @@ def elpv_subset():
 
     ``elpv_subset(n_per_class, seed)`` returns ``(paths, probs, types)`` for
     ``n_per_class`` cells with defect probability < 0.5 and as many with >= 0.5, in
-    dataset order. ``elpv_dataset.utils.load_dataset()`` decodes all 2,624 images; this
-    reads ``labels.csv`` and lets the estimator open only the files it needs.
+    dataset order (``sktransfer.datasets.load_elpv``: the estimator opens only the files
+    it needs).
     """
-    elpv_dataset = pytest.importorskip("elpv_dataset")
-    data = Path(elpv_dataset.__file__).parent / "data"
-    rows = [line.split() for line in (data / "labels.csv").read_text().splitlines()]
-    rows = [row for row in rows if row]
-    paths = np.array([str(data / row[0]) for row in rows])
-    probs = np.array([float(row[1]) for row in rows])
-    types = np.array([row[2] for row in rows])
+    pytest.importorskip("elpv_dataset")
+    cells = load_elpv()
+    paths, probs, types = cells.paths, cells.defect_probability, cells.cell_type
 
     def load(n_per_class=100, seed=0):
         rng = np.random.default_rng(seed)

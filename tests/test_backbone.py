@@ -118,7 +118,9 @@ class TestWeightsFile:
         partial = dict(list(reference_state.items())[:-5])
         torch.save(partial, path)
         n = len(partial)
-        with pytest.raises(ValueError, match=rf"the file {n}; {n} match by name"):
+        with pytest.raises(
+            ValueError, match=rf"The checkpoint .*partial.pth.* the weights {n}; {n} match by name"
+        ):
             _backbone.create_backbone("test_efficientnet", weights=path)
 
     def test_fine_tuned_head_resizes_the_classifier(self, tmp_path):
