@@ -98,6 +98,10 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
     class_weight : dict, "balanced" or None, default=None
         Class weights of the loss (single-label targets only).
     label_smoothing : float, default=0.0
+    task_weights : array-like of shape (n_tasks,) or None, default=None
+        With several label columns (a 2-D ``y`` of class labels, array or DataFrame: one
+        task per column, one head each on the shared backbone), the weight of each
+        task's loss; None weighs them equally.
     drop_rate : float, default=0.0
         Dropout before the new head.
     device : str or torch.device, default="auto"
@@ -125,8 +129,12 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
 
     Attributes
     ----------
-    classes_ : ndarray
-        The class labels (for multilabel targets, the column indices).
+    classes_ : ndarray or list of ndarray
+        The class labels (for multilabel targets, the column indices; with several
+        label columns, one array per column).
+    multilabel_, multitask_ : bool
+        Whether ``y`` was a 0/1 indicator matrix (one sigmoid per label), or several
+        columns of class labels (one softmax head per column).
     net_ : skorch.NeuralNet
         The net that ran the last stage, trimmed for prediction; ``net_.module_.backbone``
         is the fine-tuned timm model.
@@ -169,6 +177,7 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         "cutmix": [Interval(Real, 0, None, closed="left")],
         "class_weight": [None, dict, Options({"balanced"})],
         "label_smoothing": [Interval(Real, 0, 1, closed="left")],
+        "task_weights": [None, list, tuple, np.ndarray],
     }
 
     def __init__(
@@ -195,6 +204,7 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         early_stopping=None,
         class_weight=None,
         label_smoothing=0.0,
+        task_weights=None,
         drop_rate=0.0,
         device="auto",
         precision="auto",
@@ -237,6 +247,7 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         self.cutmix = cutmix
         self.class_weight = class_weight
         self.label_smoothing = label_smoothing
+        self.task_weights = task_weights
 
     def fit(self, X, y, sample_weight=None):
         """Fine-tune the backbone on images ``X`` with labels ``y``.
@@ -260,20 +271,23 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         return super().fit(X, y, sample_weight=sample_weight)
 
     def _encode_targets(self, y, n_images, sample_weight) -> Targets:
-        return classification_targets(y, n_images)
+        return classification_targets(y, n_images, self.task_weights)
 
     def _loss_options(self, targets, data) -> dict:
         return {
             "mixup": self.mixup,
             "cutmix": self.cutmix,
             "label_smoothing": self.label_smoothing,
-            "class_weight": self._class_weight(targets.attributes["classes_"], data),
+            "class_weight": self._class_weight(targets, data),
+            "task_sizes": targets.task_sizes,
+            "task_weights": targets.task_weights,
         }
 
-    def _class_weight(self, classes, data):
+    def _class_weight(self, targets, data):
         """Class weights from the training labels (validation labels excluded)."""
         if self.class_weight is None:
             return None
+        classes = targets.attributes["classes_"]
         labels = classes[data.y[data.train_idx]]
         return torch.as_tensor(
             compute_class_weight(self.class_weight, classes=classes, y=labels),
@@ -285,6 +299,12 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         if self.class_weight is not None and targets.attributes["multilabel_"]:
             raise ValueError("class_weight is not supported for multilabel targets.")
         mixing = self.mixup > 0 or self.cutmix > 0
+        if targets.attributes["multitask_"] and (mixing or self.class_weight is not None):
+            raise ValueError(
+                "Several label columns (multi-task) support neither class_weight nor "
+                "mixup/cutmix (they mix or weigh one label per image); set "
+                "class_weight=None, mixup=0 and cutmix=0, or fit one column at a time."
+            )
         if mixing and self.batch_size % 2:
             raise ValueError(
                 f"mixup and cutmix mix each batch with itself reversed, so they need an "
@@ -305,19 +325,49 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
 
         Returns
         -------
-        proba : ndarray of shape (n_images, n_classes)
+        proba : ndarray of shape (n_images, n_classes), or list of them
             Softmax probabilities, or per-label sigmoid probabilities for multilabel
-            targets; with ``tta``, averaged over the flipped views.
+            targets; with ``tta``, averaged over the flipped views. With several label
+            columns, a list with one array per column (scikit-learn's
+            ``MultiOutputClassifier`` convention), columns following ``classes_[t]``.
         """
+        if getattr(self, "multitask_", False):
+            sizes = [len(c) for c in self.classes_]
+            proba = self._predict_outputs(X, _TaskSoftmax(sizes))
+            return np.split(proba, np.cumsum(sizes)[:-1], axis=1)
         multilabel = getattr(self, "multilabel_", False)
         return self._predict_outputs(X, torch.sigmoid if multilabel else _softmax)
 
     def predict(self, X):
-        """Predicted labels (a 0/1 indicator matrix for multilabel targets)."""
+        """Predicted labels: 1-D, a 0/1 indicator matrix for multilabel targets, or one
+        column per label column (multi-task)."""
         proba = self.predict_proba(X)
+        if self.multitask_:
+            columns = [c[np.argmax(p, axis=1)] for c, p in zip(self.classes_, proba, strict=True)]
+            return np.column_stack(columns)
         if self.multilabel_:
             return (proba >= 0.5).astype(int)
         return self.classes_[np.argmax(proba, axis=1)]
+
+    def score(self, X, y, sample_weight=None):
+        """Accuracy on images ``X``: the mean accuracy of ``predict``, and with several
+        label columns the subset accuracy (an image counts when every column is right),
+        as ``MultiOutputClassifier.score``.
+
+        Parameters
+        ----------
+        X : images
+        y : array-like of shape (n_images,) or (n_images, n_outputs)
+        sample_weight : array-like of shape (n_images,), default=None
+
+        Returns
+        -------
+        score : float
+        """
+        if not getattr(self, "multitask_", False):
+            return super().score(X, y, sample_weight=sample_weight)
+        exact = np.all(self.predict(X) == np.asarray(y, dtype=object), axis=1)
+        return float(np.average(exact, weights=sample_weight))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -327,3 +377,14 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
 
 def _softmax(logits):
     return torch.softmax(logits, dim=1)
+
+
+class _TaskSoftmax:
+    """A softmax over each task's block of logits (one head per label column)."""
+
+    def __init__(self, sizes):
+        self.sizes = list(sizes)
+
+    def __call__(self, logits):
+        blocks = torch.split(logits, self.sizes, dim=1)
+        return torch.cat([torch.softmax(b, dim=1) for b in blocks], dim=1)

@@ -20,24 +20,102 @@ class Targets:
     loss: str  # one of _trainer.LOSSES
     stratify: np.ndarray | None = None
     attributes: dict = field(default_factory=dict)
+    task_sizes: tuple = ()  # classes per label column, with several columns
+    task_weights: tuple = ()
 
 
-def classification_targets(y, n_images) -> Targets:
-    """Class labels (cross-entropy) or a 0/1 indicator matrix (one sigmoid per label)."""
+def classification_targets(y, n_images, task_weights=None) -> Targets:
+    """Class labels (cross-entropy), a 0/1 indicator matrix (one sigmoid per label), or
+    several columns of class labels (one softmax head per column: multi-task)."""
+    if y is not None and np.ndim(y) == 2:
+        _check_labels(y, n_images)
+        if _label_columns(np.asarray(y)):
+            return multitask_targets(y, n_images, task_weights)
+    if task_weights is not None:
+        raise ValueError(
+            "task_weights weighs the losses of several label columns (a 2-D y of class "
+            "labels); this y is not one. Set task_weights=None."
+        )
+    return _single_task_targets(y, n_images)
+
+
+def _label_columns(values: np.ndarray) -> bool:
+    """Whether a 2-D ``y`` holds columns of class labels (not a 0/1 indicator matrix):
+    labels that are not numbers (strings, mixed columns), or numbers beyond 0/1."""
+    if values.dtype.kind not in "biuf":
+        return True
+    return type_of_target(values, input_name="y") == "multiclass-multioutput"
+
+
+def multitask_targets(y, n_images, task_weights=None) -> Targets:
+    """One softmax head per label column; each image's loss is the weighted sum of its
+    tasks' cross-entropies."""
+    values = _check_labels(y, n_images)
+    names = _column_names(y, values.shape[1])
+    classes, codes = [], []
+    for t, name in enumerate(names):
+        column = np.asarray(values[:, t].tolist())  # each column in its own dtype
+        encoder = LabelEncoder().fit(column)
+        if len(encoder.classes_) < 2:
+            raise ValueError(
+                f"Label column {name} has a single class ({encoder.classes_[0].item()!r}): "
+                "every task needs at least two classes. Drop the column, or add images of "
+                "its other classes."
+            )
+        classes.append(encoder.classes_)
+        codes.append(encoder.transform(column))
+    sizes = tuple(len(c) for c in classes)
+    return Targets(
+        np.stack(codes, axis=1).astype(np.int64),
+        sum(sizes),
+        "multitask_cross_entropy",
+        attributes={"classes_": classes, "multilabel_": False, "multitask_": True},
+        task_sizes=sizes,
+        task_weights=_task_weights(task_weights, names),
+    )
+
+
+def _column_names(y, n_columns) -> list[str]:
+    columns = getattr(y, "columns", None)
+    if columns is not None:
+        return [f"{c!r}" for c in columns]
+    return [str(t) for t in range(n_columns)]
+
+
+def _task_weights(task_weights, names) -> tuple:
+    if task_weights is None:
+        return (1.0,) * len(names)
+    try:
+        w = np.asarray(task_weights, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"task_weights must be numbers, one per label column: {exc}") from exc
+    if w.shape != (len(names),):
+        raise ValueError(
+            f"task_weights has shape {w.shape} but y has {len(names)} label columns "
+            f"({', '.join(names)}); pass one weight per column."
+        )
+    if not np.isfinite(w).all() or (w < 0).any() or not w.sum() > 0:
+        raise ValueError(
+            f"task_weights must be finite and >= 0, with at least one > 0; got {w.tolist()}."
+        )
+    return tuple(float(v) for v in w)
+
+
+def _single_task_targets(y, n_images) -> Targets:
     classes, y_enc, multilabel = encode_labels(y, n_images)
     if multilabel:
         return Targets(
             y_enc,
             y_enc.shape[1],
             "binary_cross_entropy",
-            attributes={"classes_": classes, "multilabel_": True},
+            attributes={"classes_": classes, "multilabel_": True, "multitask_": False},
         )
     return Targets(
         y_enc,
         len(classes),
         "cross_entropy",
         stratify=y_enc,
-        attributes={"classes_": classes, "multilabel_": False},
+        attributes={"classes_": classes, "multilabel_": False, "multitask_": False},
     )
 
 
@@ -119,8 +197,9 @@ def check_sample_weight(sample_weight, n_images):
     return w
 
 
-def encode_labels(y, n_images):
-    """Validate ``y`` and encode it: (classes, encoded targets, is_multilabel)."""
+def _check_labels(y, n_images) -> np.ndarray:
+    """``y`` as an object array, after checking its length and that no label is None,
+    NaN or infinite (the error names the first image without a label)."""
     if y is None:
         raise ValueError("FineTunedClassifier needs labels: y is None.")
     values = np.asarray(y, dtype=object)
@@ -129,11 +208,23 @@ def encode_labels(y, n_images):
             f"X and y have different lengths: {n_images} images but {len(values)} labels."
         )
     # Scan as objects: np.asarray would turn None or NaN among strings into classes.
-    for i, v in enumerate(values.ravel()):
-        if v is None:
-            raise ValueError(f"y contains None (first at index {i}); every image needs a label.")
-        if isinstance(v, float | np.floating) and not np.isfinite(v):
-            raise ValueError(f"y contains NaN or infinite values (first at index {i}).")
+    for i, row in enumerate(values.reshape(len(values), -1)):
+        for v in row:
+            if v is None:
+                raise ValueError(
+                    f"y contains None (first for the image at index {i}); every image needs "
+                    "a label."
+                )
+            if isinstance(v, float | np.floating) and not np.isfinite(v):
+                raise ValueError(
+                    f"y contains NaN or infinite values (first for the image at index {i})."
+                )
+    return values
+
+
+def encode_labels(y, n_images):
+    """Validate ``y`` and encode it: (classes, encoded targets, is_multilabel)."""
+    _check_labels(y, n_images)
     y_arr = np.asarray(y)
     kind = type_of_target(y_arr, input_name="y")
     if kind == "multilabel-indicator":

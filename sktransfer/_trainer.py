@@ -26,15 +26,21 @@ from ._inference import BudgetAllocator, array_batches, empty_rows, run_batches,
 from ._training import (
     OPTIMIZERS,
     Accuracy,
+    MultiTaskCrossEntropy,
     StageName,
+    TaskHits,
     TransferModule,
     TransferNet,
     WeightAverage,
+    label_hits,
+    multilabel_hits,
     warmup_cosine,
 )
 
-# Losses by target kind: class labels, 0/1 label columns, standardised real targets.
-CLASSIFICATION_LOSSES = ("cross_entropy", "binary_cross_entropy")
+# Losses by target kind: class labels, 0/1 label columns, several label columns (one
+# head each), standardised real targets.
+LABEL_LOSSES = ("cross_entropy", "multitask_cross_entropy")  # integer targets
+CLASSIFICATION_LOSSES = (*LABEL_LOSSES, "binary_cross_entropy")
 LOSSES = (*CLASSIFICATION_LOSSES, "squared_error", "huber")
 
 
@@ -64,6 +70,8 @@ class TrainingPlan:
     cutmix: float = 0.0
     label_smoothing: float = 0.0
     class_weight: torch.Tensor | None = None
+    task_sizes: tuple = ()  # outputs per task (multi-task heads)
+    task_weights: tuple = ()  # weight of each task's loss
     ema: float | None = None
     early_stopping: int | None = None
     num_workers: int = 0
@@ -250,7 +258,7 @@ class Trainer:
         """Targets and sample weights in the order train rows, then validation rows."""
         data = self.data
         order = data.positions
-        dtype = torch.long if self.plan.loss == "cross_entropy" else torch.float32
+        dtype = torch.long if self.plan.loss in LABEL_LOSSES else torch.float32
         y = torch.as_tensor(data.y[order], dtype=dtype)
         w = None
         if data.sample_weight is not None:
@@ -290,8 +298,7 @@ class Trainer:
             *extra,
         ]
         if plan.loss in CLASSIFICATION_LOSSES:
-            accuracy = Accuracy(plan.loss == "binary_cross_entropy", train=mixer is None)
-            callbacks.insert(2, ("accuracy", accuracy))
+            callbacks.insert(2, ("accuracy", Accuracy(self._hits(), train=mixer is None)))
         if len(self.data.valid_idx) and plan.early_stopping is not None:
             callbacks.append(
                 ("early_stopping", EarlyStopping(patience=plan.early_stopping, load_best=True))
@@ -334,8 +341,19 @@ class Trainer:
             multilabel=plan.loss == "binary_cross_entropy",
         )
 
+    def _hits(self):
+        if self.plan.loss == "binary_cross_entropy":
+            return multilabel_hits
+        if self.plan.loss == "multitask_cross_entropy":
+            return TaskHits(self.plan.task_sizes)
+        return label_hits
+
     def _criterion(self):
         plan = self.plan
+        if plan.loss == "multitask_cross_entropy":
+            return MultiTaskCrossEntropy(
+                plan.task_sizes, plan.task_weights, label_smoothing=plan.label_smoothing
+            )
         if plan.loss == "binary_cross_entropy":
             return nn.BCEWithLogitsLoss(reduction="none")
         if plan.loss == "squared_error":

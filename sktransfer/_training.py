@@ -208,13 +208,59 @@ class _WarmupCosine:
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+class MultiTaskCrossEntropy(nn.Module):
+    """The loss of several label columns on one backbone: the outputs hold one block of
+    logits per task (one linear head each), and each image's loss is the weighted sum
+    over tasks of its cross-entropy (``reduction="none"``: one loss per image)."""
+
+    def __init__(self, task_sizes, task_weights, label_smoothing=0.0):
+        super().__init__()
+        self.task_sizes = tuple(task_sizes)
+        self.task_weights = tuple(task_weights)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits, y):
+        blocks = torch.split(logits, self.task_sizes, dim=1)
+        losses = [
+            weight
+            * nn.functional.cross_entropy(
+                block, y[:, t], reduction="none", label_smoothing=self.label_smoothing
+            )
+            for t, (block, weight) in enumerate(zip(blocks, self.task_weights, strict=True))
+        ]
+        return torch.stack(losses, dim=1).sum(dim=1)
+
+
+def label_hits(y_pred, y):
+    """Per image: 1 if the top class is the label."""
+    return (y_pred.argmax(dim=1) == y).float()
+
+
+def multilabel_hits(y_pred, y):
+    """Per image: the fraction of its labels predicted right (logit > 0)."""
+    return ((y_pred > 0).float() == y).float().mean(dim=1)
+
+
+class TaskHits:
+    """Per image: the fraction of its tasks whose top class is the label."""
+
+    def __init__(self, task_sizes):
+        self.task_sizes = tuple(task_sizes)
+
+    def __call__(self, y_pred, y):
+        blocks = torch.split(y_pred, self.task_sizes, dim=1)
+        hits = [block.argmax(dim=1) == y[:, t] for t, block in enumerate(blocks)]
+        return torch.stack(hits, dim=1).float().mean(dim=1)
+
+
 class Accuracy(Callback):
     """Record ``train_acc`` and ``valid_acc`` from the outputs of the training and
-    validation steps (no extra forward). Training accuracy is of the model while it
-    trains (dropout on), as Keras reports it; ``train=False`` skips it (mixed batches)."""
+    validation steps (no extra forward). ``hits(y_pred, y)`` scores each image (see
+    :func:`label_hits`). Training accuracy is of the model while it trains (dropout on),
+    as Keras reports it; ``train=False`` skips it (mixed batches)."""
 
-    def __init__(self, multilabel=False, train=True):
-        self.multilabel = multilabel
+    def __init__(self, hits=label_hits, train=True):
+        self.hits = hits
         self.train = train
 
     def on_epoch_begin(self, net, **kwargs):
@@ -223,11 +269,7 @@ class Accuracy(Callback):
     def on_batch_end(self, net, batch, training, y_pred=None, **kwargs):
         if y_pred is None or (training and not self.train):
             return
-        y = batch[1].to(y_pred.device)
-        if self.multilabel:
-            hits = ((y_pred > 0).float() == y).float().mean(dim=1)
-        else:
-            hits = (y_pred.argmax(dim=1) == y).float()
+        hits = self.hits(y_pred, batch[1].to(y_pred.device))
         count = self.counts_[bool(training)]
         count[0] += float(hits.sum())
         count[1] += len(hits)

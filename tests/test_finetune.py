@@ -567,7 +567,7 @@ BAD_FITS = {
         {},
         lambda X, files: (X, np.where(np.arange(len(X)) == 5, np.nan, _labels(len(X)))),
         ValueError,
-        r"y contains NaN.*first at index 5",
+        r"y contains NaN.*first for the image at index 5",
     ),
     "nan-in-string-labels": (
         {},
@@ -585,7 +585,7 @@ BAD_FITS = {
         {},
         lambda X, files: (X, ["cat", None, "dog"] * (len(X) // 3)),
         ValueError,
-        r"y contains None \(first at index 1\)",
+        r"y contains None \(first for the image at index 1\)",
     ),
     "no-labels": ({}, lambda X, files: (X, None), ValueError, r"needs labels: y is None"),
     "freeze-depth-too-large": (
