@@ -20,6 +20,21 @@ from sktransfer import FineTunedClassifier
 from sktransfer._backbone import block_groups, classifier_names
 
 TINY_SIZE = 32
+
+# scikit-learn's estimator checks that need no 2-D data (image estimators get no others)
+DATA_FREE_CHECKS = [
+    "check_estimator_cloneable",
+    "check_no_attributes_set_in_init",
+    "check_do_not_raise_errors_in_init_or_set_params",
+    "check_get_params_invariance",
+    "check_set_params",
+    "check_parameters_default_constructible",
+    "check_estimator_repr",
+    "check_estimator_tags_renamed",
+    "check_valid_tag_types",
+    "check_mixin_order",
+    "check_estimators_unfitted",  # predict raises NotFittedError before reading X
+]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

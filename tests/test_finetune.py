@@ -17,6 +17,7 @@ import torch
 import torch.serialization
 from _finetune_fixtures import (
     AUGMENT_CALLS,
+    DATA_FREE_CHECKS,
     FORBIDDEN_IN_PICKLE,
     BackboneSnapshots,
     BatchLabels,
@@ -674,20 +675,6 @@ class TestBadInput:
 
 
 # ------------------------------------------------------------------ sklearn's checks
-
-DATA_FREE_CHECKS = [
-    "check_estimator_cloneable",
-    "check_no_attributes_set_in_init",
-    "check_do_not_raise_errors_in_init_or_set_params",
-    "check_get_params_invariance",
-    "check_set_params",
-    "check_parameters_default_constructible",
-    "check_estimator_repr",
-    "check_estimator_tags_renamed",
-    "check_valid_tag_types",
-    "check_mixin_order",
-    "check_estimators_unfitted",  # predict raises NotFittedError before reading X
-]
 
 
 class TestSklearnChecks:

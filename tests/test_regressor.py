@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _finetune_fixtures import colour_images, predict_in_fresh_process, tiny
+from _finetune_fixtures import DATA_FREE_CHECKS, colour_images, predict_in_fresh_process, tiny
 from PIL import Image
 from sklearn.base import is_regressor
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
@@ -163,22 +163,7 @@ class TestSklearn:
         scores = cross_val_score(regressor(max_epochs=1), X, y, cv=KFold(2))
         assert scores.shape == (2,)
 
-    @pytest.mark.parametrize(
-        "check",
-        [
-            "check_estimator_cloneable",
-            "check_no_attributes_set_in_init",
-            "check_do_not_raise_errors_in_init_or_set_params",
-            "check_get_params_invariance",
-            "check_set_params",
-            "check_parameters_default_constructible",
-            "check_estimator_repr",
-            "check_estimator_tags_renamed",
-            "check_valid_tag_types",
-            "check_mixin_order",
-            "check_estimators_unfitted",
-        ],
-    )
+    @pytest.mark.parametrize("check", DATA_FREE_CHECKS)
     def test_data_free_check(self, check):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
