@@ -11,7 +11,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from ._finetune import FineTunedEstimator
 from ._params import Interval, Options
-from ._targets import Targets, classification_targets
+from ._targets import Targets, classification_targets, masked_labels
 
 
 class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
@@ -126,6 +126,12 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         How much memory the frozen activations of one fit may take (bytes, or a string
         such as ``"500MB"``); beyond it they spill to memory-mapped files (under
         ``memory``, or a temporary folder) that are deleted after the fit.
+    domain_adaptation : {None, "adabn"}, default=None
+        Adapt to the unlabelled target images of ``fit`` (see ``sample_domain``):
+        ``"adabn"`` (AdaBN, Li et al. 2016) trains on the source images, then replaces
+        the statistics of every BatchNorm layer with those of the target images, so
+        the network normalises target images as it normalised the source ones. Needs
+        a model with BatchNorm layers.
 
     Attributes
     ----------
@@ -214,6 +220,7 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         callbacks=None,
         memory=None,
         activation_budget="4GiB",
+        domain_adaptation=None,
     ):
         super().__init__(
             model,
@@ -242,6 +249,7 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
             callbacks=callbacks,
             memory=memory,
             activation_budget=activation_budget,
+            domain_adaptation=domain_adaptation,
         )
         self.mixup = mixup
         self.cutmix = cutmix
@@ -249,7 +257,7 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         self.label_smoothing = label_smoothing
         self.task_weights = task_weights
 
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y, sample_weight=None, sample_domain=None):
         """Fine-tune the backbone on images ``X`` with labels ``y``.
 
         Parameters
@@ -264,11 +272,21 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
             the training images). Routed by ``GridSearchCV`` and, with metadata routing
             on, requested by ``set_fit_request(sample_weight=True)``.
 
+        sample_domain : array-like of shape (n_images,), default=None
+            skada's convention: positive for labelled source images, negative for
+            unlabelled target images (their ``y`` is ignored). None: every image is a
+            source, unless ``domain_adaptation`` is set, when images labelled -1 (NaN
+            for a regressor) are the target. Without ``domain_adaptation``, target
+            images are left out (the source-only baseline).
+
         Returns
         -------
         self : FineTunedClassifier
         """
-        return super().fit(X, y, sample_weight=sample_weight)
+        return super().fit(X, y, sample_weight=sample_weight, sample_domain=sample_domain)
+
+    def _masked_rows(self, y, n_images):
+        return masked_labels(y, n_images)
 
     def _encode_targets(self, y, n_images, sample_weight) -> Targets:
         return classification_targets(y, n_images, self.task_weights)

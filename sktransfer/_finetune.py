@@ -27,7 +27,7 @@ from ._device import resolve_device, resolve_precision
 from ._images import as_images
 from ._inference import array_batches, parse_bytes, run_batches, run_forward
 from ._params import HasMethods, Interval, Options, validate_params
-from ._targets import Targets, check_sample_weight
+from ._targets import Targets, check_sample_weight, split_domains, take_rows
 from ._trainer import (
     Stage,
     Trainer,
@@ -76,6 +76,7 @@ class FineTunedEstimator(BaseEstimator):
         "callbacks": [None, list],
         "memory": [None, str, os.PathLike, HasMethods(("cache",))],
         "activation_budget": [Interval(Integral, 0, None, closed="left"), str],
+        "domain_adaptation": [None, Options({"adabn"})],
     }
 
     def __init__(
@@ -107,6 +108,7 @@ class FineTunedEstimator(BaseEstimator):
         callbacks,
         memory,
         activation_budget,
+        domain_adaptation,
     ):
         self.model = model
         self.weights = weights
@@ -134,6 +136,7 @@ class FineTunedEstimator(BaseEstimator):
         self.callbacks = callbacks
         self.memory = memory
         self.activation_budget = activation_budget
+        self.domain_adaptation = domain_adaptation
 
     # ------------------------------------------------------- what subclasses say
 
@@ -153,7 +156,7 @@ class FineTunedEstimator(BaseEstimator):
 
     # ------------------------------------------------------------------------- fit
 
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y, sample_weight=None, sample_domain=None):
         """Fine-tune the backbone on images ``X`` with targets ``y``.
 
         Parameters
@@ -166,6 +169,11 @@ class FineTunedEstimator(BaseEstimator):
             Non-negative weights of the images in the loss (scaled to a mean of 1 over
             the training images). Routed by ``GridSearchCV`` and, with metadata routing
             on, requested by ``set_fit_request(sample_weight=True)``.
+        sample_domain : array-like of shape (n_images,), default=None
+            skada's convention: positive numbers for (labelled) source images, negative
+            for unlabelled target images, whose ``y`` is ignored. None: every image is a
+            source, unless ``domain_adaptation`` is set, when images whose label is
+            masked (-1 for classes, NaN for real targets) are the target.
 
         Returns
         -------
@@ -177,6 +185,7 @@ class FineTunedEstimator(BaseEstimator):
             delattr(self, attr)  # a fit that fails below leaves no half-fitted state
         source = as_images(X)
         weights = check_sample_weight(sample_weight, len(source))
+        source, y, weights, target = self._split_domains(source, y, weights, sample_domain)
         targets = self._encode_targets(y, len(source), weights)
         self._check_combinations(targets, weights)
 
@@ -196,7 +205,7 @@ class FineTunedEstimator(BaseEstimator):
             if weights is not None:
                 weights = weights / weights[train_idx].mean()
             data = TrainingData(
-                source, targets.y, train_idx, valid_idx, cfg, targets.n_outputs, weights
+                source, targets.y, train_idx, valid_idx, cfg, targets.n_outputs, weights, target
             )
             plan = self._plan(backbone, groups, frozen_groups, device, targets, data, identity)
             trainer = Trainer(plan, backbone, data)
@@ -213,9 +222,35 @@ class FineTunedEstimator(BaseEstimator):
         self.data_config_ = cfg
         self.cached_activations_ = trainer.cached
         self.cache_identity_ = identity
+        self.batchnorm_adapted_ = plan.domain_adaptation == "adabn"
         self.history_ = history
         self.net_ = net
         return self
+
+    def _split_domains(self, source, y, weights, sample_domain):
+        """The labelled source images (with their targets and weights) and the
+        unlabelled target images: None without ``domain_adaptation``, which ignores
+        them (skada's source-only baseline)."""
+        masked = None
+        if sample_domain is None and self.domain_adaptation is not None:
+            masked = self._masked_rows(y, len(source))
+        source_rows, target_rows = split_domains(sample_domain, len(source), masked)
+        if self.domain_adaptation is not None and len(target_rows) == 0:
+            raise ValueError(
+                f"domain_adaptation={self.domain_adaptation!r} needs unlabelled target "
+                "images, and there are none: mark them with a negative sample_domain (or "
+                "a label of -1, NaN for real targets), or set domain_adaptation=None."
+            )
+        if len(source_rows) == 0:
+            raise ValueError("Every image is a target image: fit needs labelled source images.")
+        if len(target_rows) == 0:
+            return source, y, weights, None
+        target = source.subset(target_rows) if self.domain_adaptation is not None else None
+        weights = None if weights is None else weights[source_rows]
+        return source.subset(source_rows), take_rows(y, source_rows), weights, target
+
+    def _masked_rows(self, y, n_images) -> np.ndarray:
+        raise NotImplementedError
 
     def _start_backbone(self, n_outputs: int, seed: int):
         """The starting backbone with a new head of ``n_outputs``, and what names its
@@ -294,6 +329,7 @@ class FineTunedEstimator(BaseEstimator):
             activation_budget=parse_bytes(self.activation_budget, "activation_budget"),
             memory=self.memory,
             cache_identity=identity,
+            domain_adaptation=self.domain_adaptation,
             **self._loss_options(targets, data),
         )
 
@@ -365,7 +401,8 @@ class FineTunedEstimator(BaseEstimator):
         source = as_images(X)
         device = torch.device(self.net_.device)
         backbone = self.net_.module_.eval().backbone
-        if self.memory is not None and self.cache_identity_ and self.tta is None:
+        cached = self.memory is not None and self.cache_identity_ and self.tta is None
+        if cached and not self.batchnorm_adapted_:  # AdaBN changed the frozen layers
             return self._outputs_from_frozen_rows(source, backbone, device, activation)
         views = TTA_VIEWS[self.tta]
 

@@ -6,7 +6,7 @@ from sklearn.base import RegressorMixin
 
 from ._finetune import FineTunedEstimator
 from ._params import Options
-from ._targets import Targets, regression_targets
+from ._targets import Targets, masked_values, regression_targets
 
 
 class FineTunedRegressor(RegressorMixin, FineTunedEstimator):
@@ -74,6 +74,12 @@ class FineTunedRegressor(RegressorMixin, FineTunedEstimator):
     activation_budget : int or str, default="4GiB"
         Memory allowed to the frozen activations of one fit; beyond it they spill to
         disk.
+    domain_adaptation : {None, "adabn"}, default=None
+        Adapt to the unlabelled target images of ``fit`` (see ``sample_domain``):
+        ``"adabn"`` (AdaBN, Li et al. 2016) trains on the source images, then replaces
+        the statistics of every BatchNorm layer with those of the target images, so
+        the network normalises target images as it normalised the source ones. Needs
+        a model with BatchNorm layers.
 
     Attributes
     ----------
@@ -140,6 +146,7 @@ cache_identity_
         callbacks=None,
         memory=None,
         activation_budget="4GiB",
+        domain_adaptation=None,
     ):
         super().__init__(
             model,
@@ -168,10 +175,11 @@ cache_identity_
             callbacks=callbacks,
             memory=memory,
             activation_budget=activation_budget,
+            domain_adaptation=domain_adaptation,
         )
         self.loss = loss
 
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y, sample_weight=None, sample_domain=None):
         """Fine-tune the backbone on images ``X`` with real targets ``y``.
 
         Parameters
@@ -185,11 +193,21 @@ cache_identity_
             Non-negative weights of the images in the loss (scaled to a mean of 1 over
             the training images).
 
+        sample_domain : array-like of shape (n_images,), default=None
+            skada's convention: positive for labelled source images, negative for
+            unlabelled target images (their ``y`` is ignored). None: every image is a
+            source, unless ``domain_adaptation`` is set, when images labelled -1 (NaN
+            for a regressor) are the target. Without ``domain_adaptation``, target
+            images are left out (the source-only baseline).
+
         Returns
         -------
         self : FineTunedRegressor
         """
-        return super().fit(X, y, sample_weight=sample_weight)
+        return super().fit(X, y, sample_weight=sample_weight, sample_domain=sample_domain)
+
+    def _masked_rows(self, y, n_images):
+        return masked_values(y, n_images)
 
     def _encode_targets(self, y, n_images, sample_weight) -> Targets:
         return regression_targets(y, n_images, self.loss, sample_weight)

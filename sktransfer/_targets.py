@@ -164,6 +164,69 @@ def _real_matrix(y, n_images) -> np.ndarray:
     return values.reshape(n_images, -1)
 
 
+def split_domains(sample_domain, n_images, masked=None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the labelled source images and of the unlabelled target images, in the
+    convention of scikit-learn's domain-adaptation library skada: ``sample_domain > 0``
+    marks a source domain, ``< 0`` a target domain. Without ``sample_domain``, every row
+    is a source, or, given ``masked`` (the rows whose label is masked: ``y == -1`` for
+    classes, NaN for real targets), those rows are the target."""
+    if sample_domain is None:
+        target = np.zeros(n_images, dtype=bool) if masked is None else masked
+        return np.flatnonzero(~target), np.flatnonzero(target)
+    domains = np.asarray(sample_domain)
+    if domains.ndim == 0:
+        domains = np.full(n_images, domains)
+    if domains.dtype.kind not in "iuf" or domains.shape != (n_images,):
+        raise ValueError(
+            f"sample_domain must hold one domain number per image ({n_images}): positive "
+            f"for source domains, negative for target domains; got {domains.dtype} of "
+            f"shape {domains.shape}."
+        )
+    bad = np.flatnonzero(~np.isfinite(domains) | (domains == 0))
+    if len(bad):
+        raise ValueError(
+            f"sample_domain is {domains[bad[0]]} for the image at index {bad[0]}: a domain "
+            "number must be positive (source) or negative (target), never 0 or NaN."
+        )
+    return np.flatnonzero(domains > 0), np.flatnonzero(domains < 0)
+
+
+def masked_labels(y, n_images) -> np.ndarray:
+    """Rows whose class labels are all -1: unlabelled target images (skada's mask)."""
+    values = _rows_of(y, n_images)
+    return np.array([all(_is_minus_one(v) for v in row) for row in values])
+
+
+def masked_values(y, n_images) -> np.ndarray:
+    """Rows whose real targets are all NaN: unlabelled target images (skada's mask)."""
+    values = _rows_of(y, n_images)
+    return np.array(
+        [all(isinstance(v, float | np.floating) and np.isnan(v) for v in row) for row in values]
+    )
+
+
+def _rows_of(y, n_images) -> np.ndarray:
+    if y is None:
+        raise ValueError("y is None: domain adaptation reads the unlabelled rows from y.")
+    values = np.asarray(y, dtype=object)
+    if len(values) != n_images:
+        raise ValueError(
+            f"X and y have different lengths: {n_images} images but {len(values)} labels."
+        )
+    return values.reshape(n_images, -1)
+
+
+def _is_minus_one(v) -> bool:
+    return isinstance(v, int | float | np.integer | np.floating) and v == -1
+
+
+def take_rows(y, rows: np.ndarray):
+    """``y`` (array-like, Series or DataFrame) at ``rows``, keeping its kind."""
+    if hasattr(y, "iloc"):
+        return y.iloc[rows]
+    return np.asarray(y)[rows]
+
+
 def check_sample_weight(sample_weight, n_images):
     """Validate ``sample_weight``: None, or n_images finite, non-negative floats."""
     if sample_weight is None:

@@ -24,6 +24,7 @@ from ._cache import EmbeddingCache, cache_namespace
 from ._images import ImageSource
 from ._inference import BudgetAllocator, array_batches, empty_rows, run_batches, run_forward
 from ._training import (
+    BATCHNORMS,
     OPTIMIZERS,
     Accuracy,
     MultiTaskCrossEntropy,
@@ -80,6 +81,7 @@ class TrainingPlan:
     activation_budget: int = 4 * 2**30
     memory: object = None
     cache_identity: dict = field(default_factory=dict)  # model name, weights fingerprint
+    domain_adaptation: str | None = None  # None or "adabn"
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class TrainingData:
     cfg: dict
     n_outputs: int
     sample_weight: np.ndarray | None = None
+    target: ImageSource | None = None  # unlabelled target images (domain adaptation)
 
     @property
     def positions(self) -> np.ndarray:
@@ -112,6 +115,13 @@ class Trainer:
 
     def run(self):
         plan = self.plan
+        adabn = plan.domain_adaptation == "adabn" and self.data.target is not None
+        if adabn and not batchnorm_layers(self.backbone):
+            raise ValueError(
+                "domain_adaptation='adabn' recomputes BatchNorm statistics on the target "
+                "images, and this model has no BatchNorm layer (vision transformers use "
+                "LayerNorm). Choose a convolutional model, or domain_adaptation=None."
+            )
         ema = _backbone.weight_average(self.backbone, plan.ema) if plan.ema else None
         extra = [("ema", WeightAverage(ema))] if ema is not None else []
         try:
@@ -126,6 +136,15 @@ class Trainer:
             self._allocate.close()
         if ema is not None:
             self.backbone.load_state_dict(ema.module.state_dict())
+        if adabn:
+            adapt_batchnorm(
+                self.backbone,
+                self.data.target,
+                self.eval_tf,
+                batch_size=plan.batch_size,
+                device=plan.device,
+                num_workers=plan.num_workers,
+            )
         if net is None:  # zero epochs: an untrained head, still a usable (trimmed) net
             net = self._build_net(plan.stages[0], None, 0, [])
             net.initialize()
@@ -421,6 +440,38 @@ def bottom_of_images(
         )
 
     return compute
+
+
+def batchnorm_layers(backbone: nn.Module) -> list[nn.Module]:
+    return [m for m in backbone.modules() if isinstance(m, BATCHNORMS)]
+
+
+def adapt_batchnorm(backbone, source, transform, *, batch_size, device, num_workers) -> None:
+    """AdaBN (Li et al., 2016): every BatchNorm layer's running statistics become those
+    of the images of ``source`` (the target domain), averaged over all of its batches;
+    the weights do not change."""
+    layers = batchnorm_layers(backbone)
+    momenta = [m.momentum for m in layers]
+    backbone.eval()
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+        m.train()
+    try:
+        run_batches(
+            lambda x: backbone(x)[:, :0],  # only the statistics matter: keep no output
+            source,
+            transform,
+            batch_size=batch_size,
+            device=device,
+            precision="float32",
+            num_workers=num_workers,
+            channels_last=_backbone.prefers_channels_last(backbone),
+        )
+    finally:
+        for m, momentum in zip(layers, momenta, strict=True):
+            m.momentum = momentum
+        backbone.eval()
 
 
 # ---------------------------------------------------------------------- datasets

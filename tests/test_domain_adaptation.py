@@ -1,0 +1,180 @@
+"""Domain adaptation: skada's sample_domain convention, AdaBN, and skada's pipelines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sklearn
+import torch
+from _finetune_fixtures import colour_images, tiny
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+
+from sktransfer import FineTunedRegressor, PretrainedFeatureExtractor
+from sktransfer._backbone import eval_transform
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+N = 24
+SOURCE, TARGET = np.ones(N, dtype=int), -np.ones(N, dtype=int)
+
+
+def shifted(images):
+    """Another domain: darker, lower-contrast images of the same colours."""
+    return (images.astype(np.int16) // 2 + 60).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def domains():
+    y = np.arange(N) % 3
+    X = np.concatenate([colour_images(y), shifted(colour_images(y, seed=1))])
+    return X, np.r_[y, -np.ones(N, dtype=int)], np.r_[SOURCE, TARGET], y
+
+
+def batchnorms(estimator):
+    backbone = estimator.net_.module_.backbone
+    return [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+class TestConvention:
+    def test_without_adaptation_target_rows_are_left_out(self, domains):
+        X, y, sample_domain, _ = domains
+        with_target = tiny().fit(X, y, sample_domain=sample_domain)
+        source_only = tiny().fit(X[:N], y[:N])
+        np.testing.assert_array_equal(with_target.predict_proba(X), source_only.predict_proba(X))
+        assert not with_target.batchnorm_adapted_
+
+    def test_masked_labels_mark_the_target_only_when_adapting(self, domains):
+        X, y, sample_domain, _ = domains
+        inferred = tiny(domain_adaptation="adabn").fit(X, y)
+        explicit = tiny(domain_adaptation="adabn").fit(X, y, sample_domain=sample_domain)
+        np.testing.assert_array_equal(inferred.predict_proba(X), explicit.predict_proba(X))
+        plain = tiny().fit(X, y)  # no adaptation: -1 is a class like any other
+        assert list(plain.classes_) == [-1, 0, 1, 2]
+
+    def test_regressor_reads_nan_as_the_target(self, domains):
+        X, _, sample_domain, y_class = domains
+        y = np.r_[100.0 + y_class, np.full(N, np.nan)]
+        inferred = tiny(FineTunedRegressor, domain_adaptation="adabn").fit(X, y)
+        explicit = tiny(FineTunedRegressor, domain_adaptation="adabn")
+        explicit.fit(X, y, sample_domain=sample_domain)
+        np.testing.assert_array_equal(inferred.predict(X), explicit.predict(X))
+        np.testing.assert_allclose(inferred.target_mean_, [101.0])  # source rows only
+
+
+class TestAdaBN:
+    def test_statistics_are_the_target_images(self, domains):
+        X, y, sample_domain, _ = domains
+        adapted = tiny(domain_adaptation="adabn").fit(X, y, sample_domain=sample_domain)
+        trained = tiny().fit(X, y, sample_domain=sample_domain)  # the same training
+        reference = reference_adabn(trained, X[N:])
+        for a, r in zip(batchnorms(adapted), reference, strict=True):
+            torch.testing.assert_close(a.running_mean, r.running_mean)
+            torch.testing.assert_close(a.running_var, r.running_var)
+            assert a.momentum == r.momentum == 0.1  # restored
+        weights = dict(adapted.net_.module_.backbone.named_parameters())
+        for name, p in trained.net_.module_.backbone.named_parameters():
+            assert torch.equal(weights[name], p), name  # only statistics change
+        assert adapted.batchnorm_adapted_
+
+    def test_predictions_do_not_reuse_cached_frozen_rows(self, domains, tmp_path):
+        X, y, sample_domain, _ = domains
+        params = dict(domain_adaptation="adabn", freeze_depth=0.5)
+        cached = tiny(memory=tmp_path, **params).fit(X, y, sample_domain=sample_domain)
+        plain = tiny(**params).fit(X, y, sample_domain=sample_domain)
+        np.testing.assert_allclose(cached.predict_proba(X), plain.predict_proba(X), atol=1e-5)
+
+    def test_through_grid_search_with_routing_off_and_on(self, domains):
+        X, y, sample_domain, _ = domains
+        search = GridSearchCV(tiny(domain_adaptation="adabn"), {"lr": [1e-3]}, cv=2)
+        search.fit(X, y, sample_domain=sample_domain)
+        assert search.best_estimator_.batchnorm_adapted_
+        with sklearn.config_context(enable_metadata_routing=True):
+            clf = tiny(domain_adaptation="adabn").set_fit_request(sample_domain=True)
+            search = GridSearchCV(clf, {"lr": [1e-3]}, cv=2)
+            search.fit(X, y, sample_domain=sample_domain)
+        assert search.best_estimator_.batchnorm_adapted_
+
+
+def reference_adabn(fitted, target_images):
+    """BatchNorm statistics recomputed by hand on the target images, in batches of the
+    estimator's batch size, as AdaBN defines them."""
+    backbone = fitted.net_.module_.backbone.eval()
+    preprocess = eval_transform(fitted.data_config_)
+    x = torch.stack([preprocess(Image.fromarray(img)) for img in target_images])
+    layers = batchnorms(fitted)
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    with torch.no_grad():
+        for batch in torch.split(x, fitted.batch_size):
+            backbone(batch)
+    for m in layers:
+        m.momentum = 0.1
+        m.eval()
+    return layers
+
+
+class TestBadInput:
+    @pytest.mark.parametrize(
+        "sample_domain, match",
+        [
+            (np.ones(N), r"domain_adaptation='adabn' needs unlabelled target images"),
+            (np.ones(N + 1), r"sample_domain must hold one domain number per image \(48\)"),
+            (np.r_[SOURCE, np.zeros(N)], r"sample_domain is 0.0? for the image at index 24"),
+            (np.array(["s", "t"] * N), r"sample_domain must hold one domain number"),
+            (-np.ones(2 * N), r"Every image is a target image"),
+        ],
+    )
+    def test_bad_domains(self, domains, sample_domain, match):
+        X, y, _, _ = domains
+        if len(sample_domain) == N:
+            X, y = X[:N], y[:N]
+        with pytest.raises(ValueError, match=match):
+            tiny(domain_adaptation="adabn").fit(X, y, sample_domain=sample_domain)
+
+    def test_no_target_labels_at_all(self, domains):
+        X, y, _, _ = domains
+        with pytest.raises(ValueError, match=r"needs unlabelled target images.*-1, NaN"):
+            tiny(domain_adaptation="adabn").fit(X[:N], y[:N])
+
+    def test_a_model_without_batchnorm(self, domains):
+        X, y, sample_domain, _ = domains
+        vit = tiny(model="test_vit", domain_adaptation="adabn")
+        with pytest.raises(ValueError, match=r"no BatchNorm layer"):
+            vit.fit(X, y, sample_domain=sample_domain)
+
+    def test_unknown_method(self, domains):
+        X, y, sample_domain, _ = domains
+        with pytest.raises(ValueError, match=r"'domain_adaptation' parameter .* \{'adabn'\}"):
+            tiny(domain_adaptation="dann-ish").fit(X, y, sample_domain=sample_domain)
+
+
+@pytest.fixture
+def skada():
+    """skada, with scikit-learn's metadata routing on as skada wants it, and off again
+    for the rest of the session (importing skada turns it on globally)."""
+    skada = pytest.importorskip("skada")
+    sklearn.set_config(enable_metadata_routing=False)
+    with sklearn.config_context(enable_metadata_routing=True):
+        yield skada
+
+
+class TestShallowWithSkada:
+    @pytest.mark.parametrize("adapter", ["CORALAdapter", "SubspaceAlignmentAdapter"])
+    def test_extractor_in_a_da_pipeline(self, skada, domains, adapter, tmp_path):
+        X, y, sample_domain, y_class = domains
+        extractor = PretrainedFeatureExtractor(
+            "test_efficientnet", weights=None, image_size=32, device="cpu", memory=tmp_path
+        )
+        make = {
+            "CORALAdapter": skada.CORALAdapter,
+            "SubspaceAlignmentAdapter": lambda: skada.SubspaceAlignmentAdapter(n_components=4),
+        }
+        pipe = skada.make_da_pipeline(extractor, make[adapter](), LogisticRegression())
+        pipe.fit(X, y, sample_domain=sample_domain)
+        predicted = pipe.predict(X[N:], sample_domain=sample_domain[N:])
+        assert predicted.shape == (N,) and set(predicted) <= {0, 1, 2}
+        assert any(tmp_path.rglob("*")), "the extractor's cache was used"
