@@ -348,6 +348,12 @@ def forward_pooled(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.forward_features(x), pre_logits=True)
 
 
+def classify(model: nn.Module, pooled: torch.Tensor) -> torch.Tensor:
+    """The head on pooled pre-logits features: ``classify(m, forward_pooled(m, x))`` is
+    ``m(x)``."""
+    return model.get_classifier()(pooled)
+
+
 def forward_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x)
 

@@ -126,12 +126,18 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         How much memory the frozen activations of one fit may take (bytes, or a string
         such as ``"500MB"``); beyond it they spill to memory-mapped files (under
         ``memory``, or a temporary folder) that are deleted after the fit.
-    domain_adaptation : {None, "adabn"}, default=None
-        Adapt to the unlabelled target images of ``fit`` (see ``sample_domain``):
-        ``"adabn"`` (AdaBN, Li et al. 2016) trains on the source images, then replaces
-        the statistics of every BatchNorm layer with those of the target images, so
-        the network normalises target images as it normalised the source ones. Needs
-        a model with BatchNorm layers.
+    domain_adaptation : {None, "adabn", "coral", "mmd"}, default=None
+        Adapt to the unlabelled target images of ``fit`` (see ``sample_domain``).
+        ``"adabn"`` (AdaBN, Li et al. 2016) trains with every BatchNorm layer
+        normalising by the statistics of the source images, then swaps in those of the
+        target images (needs BatchNorm layers; with ``memory``, no activations are
+        shared with other fits, since the frozen layers change). ``"coral"`` (deep CORAL, Sun & Saenko 2016) and ``"mmd"``
+        (DAN's multi-kernel MMD, Long et al. 2015) add to each training step of the
+        unfrozen stage a loss between the pooled features of the source batch and of
+        a target batch (skada's deep losses: the ``da`` extra), weighted by
+        ``adaptation_weight``; ``history_`` records it as ``domain_loss``.
+    adaptation_weight : float, default=1.0
+        Weight of the ``"coral"`` or ``"mmd"`` loss against the task loss.
 
     Attributes
     ----------
@@ -221,6 +227,7 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         memory=None,
         activation_budget="4GiB",
         domain_adaptation=None,
+        adaptation_weight=1.0,
     ):
         super().__init__(
             model,
@@ -250,6 +257,7 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
             memory=memory,
             activation_budget=activation_budget,
             domain_adaptation=domain_adaptation,
+            adaptation_weight=adaptation_weight,
         )
         self.mixup = mixup
         self.cutmix = cutmix
@@ -317,6 +325,12 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         if self.class_weight is not None and targets.attributes["multilabel_"]:
             raise ValueError("class_weight is not supported for multilabel targets.")
         mixing = self.mixup > 0 or self.cutmix > 0
+        if mixing and self.domain_adaptation in ("coral", "mmd"):
+            raise ValueError(
+                f"domain_adaptation={self.domain_adaptation!r} cannot be combined with mixup "
+                "or cutmix (the alignment compares unmixed features); set mixup=0 and "
+                "cutmix=0, or domain_adaptation='adabn'."
+            )
         if targets.attributes["multitask_"] and (mixing or self.class_weight is not None):
             raise ValueError(
                 "Several label columns (multi-task) support neither class_weight nor "

@@ -76,7 +76,8 @@ class FineTunedEstimator(BaseEstimator):
         "callbacks": [None, list],
         "memory": [None, str, os.PathLike, HasMethods(("cache",))],
         "activation_budget": [Interval(Integral, 0, None, closed="left"), str],
-        "domain_adaptation": [None, Options({"adabn"})],
+        "domain_adaptation": [None, Options({"adabn", "coral", "mmd"})],
+        "adaptation_weight": [Interval(Real, 0, None, closed="left")],
     }
 
     def __init__(
@@ -109,6 +110,7 @@ class FineTunedEstimator(BaseEstimator):
         memory,
         activation_budget,
         domain_adaptation,
+        adaptation_weight,
     ):
         self.model = model
         self.weights = weights
@@ -137,6 +139,7 @@ class FineTunedEstimator(BaseEstimator):
         self.memory = memory
         self.activation_budget = activation_budget
         self.domain_adaptation = domain_adaptation
+        self.adaptation_weight = adaptation_weight
 
     # ------------------------------------------------------- what subclasses say
 
@@ -197,6 +200,8 @@ class FineTunedEstimator(BaseEstimator):
             torch.manual_seed(seed)
             random.seed(seed)
             backbone, identity = self._start_backbone(targets.n_outputs, seed)
+            if self.domain_adaptation == "adabn":
+                identity = {}  # AdaBN changes the frozen layers: no rows shared across fits
             backbone.to(device)
             groups = _backbone.block_groups(backbone)
             frozen_groups = self._resolve_freeze_depth(len(groups))
@@ -330,6 +335,7 @@ class FineTunedEstimator(BaseEstimator):
             memory=self.memory,
             cache_identity=identity,
             domain_adaptation=self.domain_adaptation,
+            adaptation_weight=self.adaptation_weight,
             **self._loss_options(targets, data),
         )
 
@@ -401,8 +407,7 @@ class FineTunedEstimator(BaseEstimator):
         source = as_images(X)
         device = torch.device(self.net_.device)
         backbone = self.net_.module_.eval().backbone
-        cached = self.memory is not None and self.cache_identity_ and self.tta is None
-        if cached and not self.batchnorm_adapted_:  # AdaBN changed the frozen layers
+        if self.memory is not None and self.cache_identity_ and self.tta is None:
             return self._outputs_from_frozen_rows(source, backbone, device, activation)
         views = TTA_VIEWS[self.tta]
 

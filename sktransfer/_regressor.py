@@ -74,12 +74,18 @@ class FineTunedRegressor(RegressorMixin, FineTunedEstimator):
     activation_budget : int or str, default="4GiB"
         Memory allowed to the frozen activations of one fit; beyond it they spill to
         disk.
-    domain_adaptation : {None, "adabn"}, default=None
-        Adapt to the unlabelled target images of ``fit`` (see ``sample_domain``):
-        ``"adabn"`` (AdaBN, Li et al. 2016) trains on the source images, then replaces
-        the statistics of every BatchNorm layer with those of the target images, so
-        the network normalises target images as it normalised the source ones. Needs
-        a model with BatchNorm layers.
+    domain_adaptation : {None, "adabn", "coral", "mmd"}, default=None
+        Adapt to the unlabelled target images of ``fit`` (see ``sample_domain``).
+        ``"adabn"`` (AdaBN, Li et al. 2016) trains with every BatchNorm layer
+        normalising by the statistics of the source images, then swaps in those of the
+        target images (needs BatchNorm layers; with ``memory``, no activations are
+        shared with other fits, since the frozen layers change). ``"coral"`` (deep CORAL, Sun & Saenko 2016) and ``"mmd"``
+        (DAN's multi-kernel MMD, Long et al. 2015) add to each training step of the
+        unfrozen stage a loss between the pooled features of the source batch and of
+        a target batch (skada's deep losses: the ``da`` extra), weighted by
+        ``adaptation_weight``; ``history_`` records it as ``domain_loss``.
+    adaptation_weight : float, default=1.0
+        Weight of the ``"coral"`` or ``"mmd"`` loss against the task loss.
 
     Attributes
     ----------
@@ -147,6 +153,7 @@ cache_identity_
         memory=None,
         activation_budget="4GiB",
         domain_adaptation=None,
+        adaptation_weight=1.0,
     ):
         super().__init__(
             model,
@@ -176,6 +183,7 @@ cache_identity_
             memory=memory,
             activation_budget=activation_budget,
             domain_adaptation=domain_adaptation,
+            adaptation_weight=adaptation_weight,
         )
         self.loss = loss
 

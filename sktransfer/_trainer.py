@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from skorch.callbacks import EarlyStopping, LRScheduler, ProgressBar
+from skorch.callbacks import EarlyStopping, LRScheduler, PassthroughScoring, ProgressBar
 from skorch.helper import predefined_split
 from torch import nn
 
@@ -27,6 +27,7 @@ from ._training import (
     BATCHNORMS,
     OPTIMIZERS,
     Accuracy,
+    DomainAlignment,
     MultiTaskCrossEntropy,
     StageName,
     TaskHits,
@@ -37,6 +38,10 @@ from ._training import (
     multilabel_hits,
     warmup_cosine,
 )
+
+# Domain adaptation by a loss between the pooled features of source and target batches
+# (skada's deep losses): deep CORAL (covariances) and DAN's multi-kernel MMD.
+ALIGNMENT_LOSSES = ("coral", "mmd")
 
 # Losses by target kind: class labels, 0/1 label columns, several label columns (one
 # head each), standardised real targets.
@@ -81,7 +86,8 @@ class TrainingPlan:
     activation_budget: int = 4 * 2**30
     memory: object = None
     cache_identity: dict = field(default_factory=dict)  # model name, weights fingerprint
-    domain_adaptation: str | None = None  # None or "adabn"
+    domain_adaptation: str | None = None  # None, "adabn" or one of ALIGNMENT_LOSSES
+    adaptation_weight: float = 1.0  # weight of the alignment loss
 
 
 @dataclass(frozen=True)
@@ -111,17 +117,23 @@ class Trainer:
         self.eval_tf = _backbone.eval_transform(data.cfg)
         self.channels_last = _backbone.prefers_channels_last(backbone)
         self.cached = False
+        self.aligning = False  # set by run(): an alignment loss on target batches
         self._allocate = BudgetAllocator(plan.activation_budget, _spill_folder(plan.memory))
 
     def run(self):
         plan = self.plan
         adabn = plan.domain_adaptation == "adabn" and self.data.target is not None
+        self.aligning = plan.domain_adaptation in ALIGNMENT_LOSSES and self.data.target is not None
+        if self.aligning:
+            self._check_alignment()
         if adabn and not batchnorm_layers(self.backbone):
             raise ValueError(
                 "domain_adaptation='adabn' recomputes BatchNorm statistics on the target "
                 "images, and this model has no BatchNorm layer (vision transformers use "
                 "LayerNorm). Choose a convolutional model, or domain_adaptation=None."
             )
+        if adabn:  # AdaBN's model normalises by the statistics of the domain it trains on
+            self._adapt_batchnorm(self.data.source)
         ema = _backbone.weight_average(self.backbone, plan.ema) if plan.ema else None
         extra = [("ema", WeightAverage(ema))] if ema is not None else []
         try:
@@ -136,15 +148,8 @@ class Trainer:
             self._allocate.close()
         if ema is not None:
             self.backbone.load_state_dict(ema.module.state_dict())
-        if adabn:
-            adapt_batchnorm(
-                self.backbone,
-                self.data.target,
-                self.eval_tf,
-                batch_size=plan.batch_size,
-                device=plan.device,
-                num_workers=plan.num_workers,
-            )
+        if adabn:  # ... and then by the target's
+            self._adapt_batchnorm(self.data.target)
         if net is None:  # zero epochs: an untrained head, still a usable (trimmed) net
             net = self._build_net(plan.stages[0], None, 0, [])
             net.initialize()
@@ -160,11 +165,62 @@ class Trainer:
             train, valid = self._array_datasets(arrays)
         else:
             train, valid = self._image_datasets()
-        net = self._build_net(stage, split, len(self.data.train_idx), extra)
+        if self.aligning and not self._head_only(stage):
+            target = inputs["target"] if inputs is not None else self._target_images()
+            extra = [*extra, ("domain_loss", PassthroughScoring("domain_loss", on_train=True))]
+            alignment = self._alignment(target)
+        else:
+            alignment = None
+        net = self._build_net(stage, split, len(self.data.train_idx), extra, alignment)
         if valid is not None:
             net.set_params(train_split=predefined_split(valid))
         net.fit(train, None)
         return net
+
+    def _adapt_batchnorm(self, images: ImageSource) -> None:
+        adapt_batchnorm(
+            self.backbone,
+            images,
+            self.eval_tf,
+            batch_size=self.plan.batch_size,
+            device=self.plan.device,
+            num_workers=self.plan.num_workers,
+        )
+
+    def _check_alignment(self):
+        last = [s for s in self.plan.stages if s.epochs > 0][-1:]
+        if not last or self._head_only(last[0]):
+            raise ValueError(
+                f"domain_adaptation={self.plan.domain_adaptation!r} aligns the features of "
+                "trainable backbone layers, and only the head trains (freeze_depth='all', "
+                "or max_epochs=0). Lower freeze_depth, or use domain_adaptation='adabn'."
+            )
+        if len(self.data.target) < 2:
+            raise ValueError(
+                f"domain_adaptation={self.plan.domain_adaptation!r} compares feature "
+                f"statistics of target batches and needs at least 2 target images; got "
+                f"{len(self.data.target)}."
+            )
+
+    def _alignment(self, target_inputs: torch.utils.data.Dataset) -> DomainAlignment:
+        """Endless shuffled target batches and skada's loss for the method."""
+        batch_size = min(self.plan.batch_size, len(target_inputs))
+        loader = torch.utils.data.DataLoader(
+            target_inputs, batch_size=batch_size, shuffle=True, drop_last=True
+        )
+        return DomainAlignment(
+            loader, alignment_loss(self.plan.domain_adaptation), self.plan.adaptation_weight
+        )
+
+    def _target_images(self):
+        """Target images through the training transform (augmentation included)."""
+        aug, cfg = self.plan.augment, self.data.cfg
+        if isinstance(aug, str):
+            transform = _backbone.train_transform(cfg, aug)
+        else:
+            transform = _Compose(aug, self.eval_tf) if aug is not None else self.eval_tf
+        target = self.data.target
+        return InputsOnly(ImageDataset(target, transform, torch.zeros(len(target))))
 
     def _head_only(self, stage: Stage) -> bool:
         trainable = {n for names, _ in stage.lr_groups for n in names}
@@ -189,6 +245,8 @@ class Trainer:
         self.backbone.eval()
         bottom = self._rows(split.point, positions, self._bottom_of_images(split))
         inputs = {"bottom": (split, bottom)}
+        if self.aligning:
+            inputs["target"] = self._target_rows(split)
         if head_only:
             inputs["pooled"] = inputs["bottom"]
         elif any(self._head_only(s) for s in stages):
@@ -198,6 +256,34 @@ class Trainer:
                 self._rows("pooled", positions, self._pooled_of(split, bottom)),
             )
         return inputs
+
+    def _target_rows(self, split) -> torch.utils.data.Dataset:
+        """The frozen bottom of the target images, computed once (cached with
+        ``memory``), as inputs without targets."""
+        target = self.data.target
+        positions = np.arange(len(target))
+        compute = bottom_of_images(
+            split,
+            target,
+            positions,
+            self.eval_tf,
+            batch_size=self.plan.batch_size,
+            device=self.plan.device,
+            num_workers=self.plan.num_workers,
+        )
+        plan = self.plan
+        rows = cached_rows(
+            split.point,
+            target,
+            positions,
+            compute,
+            memory=plan.memory,
+            identity=plan.cache_identity,
+            cfg=self.data.cfg,
+            device=plan.device,
+            allocate=self._allocate,
+        )
+        return InputsOnly(ArrayDataset(rows, torch.zeros(len(rows))))
 
     def _rows(self, point: str, positions: np.ndarray, compute: Callable) -> np.ndarray:
         plan = self.plan
@@ -286,7 +372,7 @@ class Trainer:
 
     # --------------------------------------------------------------------- net
 
-    def _build_net(self, stage: Stage, split, n_train: int, extra):
+    def _build_net(self, stage: Stage, split, n_train: int, extra, alignment=None):
         plan = self.plan
         mixer = self._mixer(split)
         drop_last = n_train % plan.batch_size == 1 or (
@@ -338,6 +424,7 @@ class Trainer:
             device=str(plan.device),
             precision=plan.precision,
             mixer=mixer,
+            alignment=alignment,
             iterator_train__shuffle=True,
             iterator_train__drop_last=drop_last,
             iterator_train__num_workers=workers,
@@ -507,6 +594,31 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return _item(self.transform(self.source.load(i)), self.y, self.w, i)
+
+
+class InputsOnly(torch.utils.data.Dataset):
+    """The inputs of a dataset of (input, target) pairs (unlabelled target images)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return self.dataset[i][0]
+
+
+def alignment_loss(method: str) -> Callable:
+    """skada's deep loss for ``method``: deep CORAL or DAN's multi-kernel MMD."""
+    try:
+        from skada.deep.losses import dan_loss, deepcoral_loss
+    except ImportError as exc:
+        raise ImportError(
+            f"domain_adaptation={method!r} uses the deep losses of skada: pip install "
+            "'sktransfer[da]' (or pip install skada)."
+        ) from exc
+    return {"coral": deepcoral_loss, "mmd": dan_loss}[method]
 
 
 class _Compose:

@@ -11,6 +11,7 @@ from skorch.callbacks import Callback
 from skorch.utils import to_tensor
 from torch import nn
 
+from . import _backbone
 from ._device import autocast
 
 OPTIMIZERS = {
@@ -71,6 +72,17 @@ class TransferModule(nn.Module):
             return self.backbone(x)
         return self.split.top(x)
 
+    def features_and_logits(self, x):
+        """Pooled pre-logits features and the logits computed from them (the two
+        outputs of one forward pass, for losses on the features)."""
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.split is None:
+            pooled = _backbone.forward_pooled(self.backbone, x)
+        else:
+            pooled = self.split.pooled(x)
+        return pooled, _backbone.classify(self.backbone, pooled)
+
     def train(self, mode: bool = True):
         """Train mode everywhere but in frozen modules (and, with ``freeze_batchnorm``,
         BatchNorm layers), whose statistics, dropout and stochastic depth stay in eval
@@ -108,15 +120,35 @@ class TransferNet(NeuralNet):
     batch of the per-sample losses times their weights.
     """
 
-    def __init__(self, *args, precision="float32", mixer=None, **kwargs):
+    def __init__(self, *args, precision="float32", mixer=None, alignment=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.precision = precision
         self.mixer = mixer
+        self.alignment = alignment
 
     def train_step_single(self, batch, **fit_params):
         if self.mixer is not None:
             batch = _mix(self.mixer, batch, self.device)
-        return super().train_step_single(batch, **fit_params)
+        if self.alignment is None:
+            return super().train_step_single(batch, **fit_params)
+        return self._aligned_step(batch)
+
+    def _aligned_step(self, batch):
+        """One step on a source batch and a target batch: the task loss on the source,
+        plus the alignment loss between the pooled features of both."""
+        self._set_training(True)
+        X, y = batch
+        x = to_tensor(X["x"] if isinstance(X, Mapping) else X, device=self.device)
+        x_target = self.alignment.next_batch(self.device)
+        with autocast(torch.device(self.device), self.precision):
+            features, logits = self.module_.features_and_logits(torch.cat([x, x_target]))
+        features, logits = features.float(), logits[: len(x)].float()
+        task = self.get_loss(logits, y, X=X, training=True)
+        domain = self.alignment.loss(features[: len(x)], features[len(x) :])
+        loss = task + self.alignment.weight * domain
+        loss.backward()
+        self.history.record_batch("domain_loss", domain.item())
+        return {"loss": loss, "y_pred": logits}
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         loss = self.criterion_(y_pred, to_tensor(y_true, device=self.device))
@@ -149,6 +181,24 @@ class TransferNet(NeuralNet):
     def infer(self, x, **fit_params):
         with autocast(torch.device(self.device), self.precision):
             return super().infer(x, **fit_params).float()
+
+
+class DomainAlignment:
+    """What a training step needs to align source and target features: batches of
+    target inputs, drawn without end from ``loader``, a ``loss(features_source,
+    features_target)`` and its ``weight``."""
+
+    def __init__(self, loader, loss, weight):
+        self.loader, self.loss, self.weight = loader, loss, weight
+        self._batches = iter(())
+
+    def next_batch(self, device):
+        try:
+            x = next(self._batches)
+        except StopIteration:
+            self._batches = iter(self.loader)
+            x = next(self._batches)
+        return to_tensor(x, device=device)
 
 
 def _mix(mixer, batch, device):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import sklearn
@@ -10,6 +12,7 @@ from _finetune_fixtures import colour_images, tiny
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
+from skorch.callbacks import Callback
 
 from sktransfer import FineTunedRegressor, PretrainedFeatureExtractor
 from sktransfer._backbone import eval_transform
@@ -67,22 +70,31 @@ class TestAdaBN:
     def test_statistics_are_the_target_images(self, domains):
         X, y, sample_domain, _ = domains
         adapted = tiny(domain_adaptation="adabn").fit(X, y, sample_domain=sample_domain)
-        trained = tiny().fit(X, y, sample_domain=sample_domain)  # the same training
-        reference = reference_adabn(trained, X[N:])
-        for a, r in zip(batchnorms(adapted), reference, strict=True):
-            torch.testing.assert_close(a.running_mean, r.running_mean)
-            torch.testing.assert_close(a.running_var, r.running_var)
-            assert a.momentum == r.momentum == 0.1  # restored
-        weights = dict(adapted.net_.module_.backbone.named_parameters())
-        for name, p in trained.net_.module_.backbone.named_parameters():
-            assert torch.equal(weights[name], p), name  # only statistics change
+        stored = [(m.running_mean.clone(), m.running_var.clone()) for m in batchnorms(adapted)]
+        reference = reference_adabn(adapted, X[N:])  # recomputed by hand, in place
+        for (mean, var), r in zip(stored, reference, strict=True):
+            torch.testing.assert_close(mean, r.running_mean)
+            torch.testing.assert_close(var, r.running_var)
+            assert r.momentum == 0.1  # restored
         assert adapted.batchnorm_adapted_
+
+    def test_training_normalises_by_the_source_statistics(self, domains):
+        """AdaBN's premise: the model trained under its own domain's statistics. With
+        frozen statistics (the default for loaded weights) those are the source's."""
+        X, y, sample_domain, _ = domains
+        seen = BatchNormMeans()
+        adapted = tiny(domain_adaptation="adabn", batchnorm="frozen", callbacks=[seen])
+        adapted.fit(X, y, sample_domain=sample_domain)
+        source = reference_adabn(tiny(head_epochs=0, max_epochs=0).fit(X[:N], y[:N]), X[:N])
+        for during_training, r in zip(seen.means_[0], source, strict=True):
+            torch.testing.assert_close(during_training, r.running_mean)
 
     def test_predictions_do_not_reuse_cached_frozen_rows(self, domains, tmp_path):
         X, y, sample_domain, _ = domains
         params = dict(domain_adaptation="adabn", freeze_depth=0.5)
         cached = tiny(memory=tmp_path, **params).fit(X, y, sample_domain=sample_domain)
         plain = tiny(**params).fit(X, y, sample_domain=sample_domain)
+        assert cached.cache_identity_ == {}
         np.testing.assert_allclose(cached.predict_proba(X), plain.predict_proba(X), atol=1e-5)
 
     def test_through_grid_search_with_routing_off_and_on(self, domains):
@@ -95,6 +107,17 @@ class TestAdaBN:
             search = GridSearchCV(clf, {"lr": [1e-3]}, cv=2)
             search.fit(X, y, sample_domain=sample_domain)
         assert search.best_estimator_.batchnorm_adapted_
+
+
+class BatchNormMeans(Callback):
+    """The running means of every BatchNorm layer at the start of each stage."""
+
+    def __init__(self):
+        self.means_ = []
+
+    def on_train_begin(self, net, **kwargs):
+        layers = [m for m in net.module_.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        self.means_.append([m.running_mean.clone() for m in layers])
 
 
 def reference_adabn(fitted, target_images):
@@ -148,7 +171,9 @@ class TestBadInput:
 
     def test_unknown_method(self, domains):
         X, y, sample_domain, _ = domains
-        with pytest.raises(ValueError, match=r"'domain_adaptation' parameter .* \{'adabn'\}"):
+        with pytest.raises(
+            ValueError, match=r"'domain_adaptation' parameter .* \{'adabn', 'coral', 'mmd'\}"
+        ):
             tiny(domain_adaptation="dann-ish").fit(X, y, sample_domain=sample_domain)
 
 
@@ -178,3 +203,65 @@ class TestShallowWithSkada:
         predicted = pipe.predict(X[N:], sample_domain=sample_domain[N:])
         assert predicted.shape == (N,) and set(predicted) <= {0, 1, 2}
         assert any(tmp_path.rglob("*")), "the extractor's cache was used"
+
+
+class TestAlignmentLosses:
+    @pytest.mark.parametrize("method", ["coral", "mmd"])
+    @pytest.mark.parametrize("augment", [None, "light"])  # cached bottom rows, or images
+    def test_the_unfrozen_stage_records_its_domain_loss(self, domains, method, augment):
+        X, y, sample_domain, _ = domains
+        clf = tiny(domain_adaptation=method, freeze_depth=0.5, augment=augment, max_epochs=2)
+        clf.fit(X, y, sample_domain=sample_domain)
+        assert clf.cached_activations_ == (augment is None)
+        stages = [(r["stage"], r.get("domain_loss")) for r in clf.history_]
+        assert [s for s, _ in stages] == ["head", "finetune", "finetune"]
+        assert stages[0][1] is None
+        assert all(np.isfinite(d) and d > 0 for _, d in stages[1:])
+
+    def test_the_weight_matters(self, domains):
+        X, y, sample_domain, _ = domains
+        probas = [
+            tiny(domain_adaptation="coral", adaptation_weight=w, lr=1e-2)
+            .fit(X, y, sample_domain=sample_domain)
+            .predict_proba(X)
+            for w in (0.0, 100.0)
+        ]
+        assert not np.allclose(*probas, atol=1e-4)
+
+    def test_skadas_losses(self):
+        from sktransfer._trainer import alignment_loss
+
+        skada_losses = pytest.importorskip("skada.deep.losses")
+        assert alignment_loss("coral") is skada_losses.deepcoral_loss
+        assert alignment_loss("mmd") is skada_losses.dan_loss
+
+    def test_search_over_the_method(self, domains):
+        X, y, sample_domain, _ = domains
+        grid = {"domain_adaptation": [None, "adabn", "coral"]}
+        search = GridSearchCV(tiny(), grid, cv=2).fit(X, y, sample_domain=sample_domain)
+        assert len(search.cv_results_["params"]) == 3
+
+    @pytest.mark.parametrize(
+        "params, match",
+        [
+            ({"freeze_depth": "all"}, r"aligns the features of trainable backbone layers"),
+            ({"mixup": 0.2}, r"cannot be combined with mixup"),
+        ],
+    )
+    def test_bad_combinations(self, domains, params, match):
+        X, y, sample_domain, _ = domains
+        with pytest.raises(ValueError, match=match):
+            tiny(domain_adaptation="coral", **params).fit(X, y, sample_domain=sample_domain)
+
+    def test_one_target_image_is_not_enough(self, domains):
+        X, y, sample_domain, _ = domains
+        with pytest.raises(ValueError, match=r"needs at least 2 target images; got 1"):
+            tiny(domain_adaptation="mmd").fit(
+                X[: N + 1], y[: N + 1], sample_domain=sample_domain[: N + 1]
+            )
+
+    def test_without_skada(self, domains, monkeypatch):
+        X, y, sample_domain, _ = domains
+        monkeypatch.setitem(sys.modules, "skada.deep.losses", None)
+        with pytest.raises(ImportError, match=r"pip install 'sktransfer\[da\]'"):
+            tiny(domain_adaptation="coral").fit(X, y, sample_domain=sample_domain)
