@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sklearn
 import timm
 import torch
 from PIL import Image
@@ -58,6 +59,16 @@ def tiny_extractor(**params):
     """An unfitted extractor on the tiny model at a tiny input size."""
     params = {"weights": None, "image_size": TINY_SIZE, **params}
     return PretrainedFeatureExtractor(params.pop("model", TINY_MODEL), **params)
+
+
+@pytest.fixture(autouse=True)
+def metadata_routing_off():
+    """Every test starts and ends with scikit-learn's metadata routing off, its default:
+    importing skada (in a test or a documentation snippet) turns it on for the whole
+    process, which would change how later tests route ``sample_weight``."""
+    sklearn.set_config(enable_metadata_routing=False)
+    yield
+    sklearn.set_config(enable_metadata_routing=False)
 
 
 @pytest.fixture(scope="module")

@@ -179,10 +179,9 @@ class TestBadInput:
 
 @pytest.fixture
 def skada():
-    """skada, with scikit-learn's metadata routing on as skada wants it, and off again
-    for the rest of the session (importing skada turns it on globally)."""
+    """skada, with scikit-learn's metadata routing on as skada wants it (conftest turns
+    it off after every test: importing skada turns it on globally)."""
     skada = pytest.importorskip("skada")
-    sklearn.set_config(enable_metadata_routing=False)
     with sklearn.config_context(enable_metadata_routing=True):
         yield skada
 
