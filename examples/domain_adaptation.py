@@ -15,8 +15,9 @@ the defaults, chosen without target labels. Rows:
   features re-coloured to the target's covariance), unlabelled target cells included;
 - fine-tune, source only: ``FineTunedClassifier`` on the source cells;
 - fine-tune + AdaBN: ``domain_adaptation="adabn"``, unlabelled target cells included;
-- fine-tune + deep CORAL, + MMD: ``domain_adaptation="coral"`` or ``"mmd"`` (skada's
-  deep losses on the pooled features of source and target batches, weight 1);
+- fine-tune + deep CORAL, + MMD, + DANN: ``domain_adaptation="coral"``, ``"mmd"`` or
+  ``"dann"`` (skada's deep losses on the pooled features of source and target
+  batches, weight 1);
 - oracle: ``FineTunedClassifier`` on the 400 target training cells *with* their labels
   (what labelling the target would buy).
 
@@ -25,7 +26,7 @@ difference to the fine-tune's source-only row.
 
 Run::
 
-    python examples/domain_adaptation.py          # about 30 min on one core
+    python examples/domain_adaptation.py          # about 35 min on one core
     python examples/domain_adaptation.py --sources mono &   # the two directions in
     python examples/domain_adaptation.py --sources poly     # parallel
     python examples/domain_adaptation.py --seeds 0 --image-size 64
@@ -99,6 +100,7 @@ def scores(cells, defective, rows, args, seed, cache) -> dict:
         "fine-tune + AdaBN": (fine_tune(domain_adaptation="adabn"), X[both], y_da, domain),
         "fine-tune + deep CORAL": (fine_tune(domain_adaptation="coral"), X[both], y_da, domain),
         "fine-tune + MMD": (fine_tune(domain_adaptation="mmd"), X[both], y_da, domain),
+        "fine-tune + DANN": (fine_tune(domain_adaptation="dann"), X[both], y_da, domain),
         "oracle (labelled target)": (fine_tune(), X[target], defective[target], None),
     }
     result = {}

@@ -348,6 +348,11 @@ def forward_pooled(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.forward_features(x), pre_logits=True)
 
 
+def pooled_width(model: nn.Module) -> int:
+    """Width of the pooled pre-logits features (the classifier's input)."""
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
+
+
 def classify(model: nn.Module, pooled: torch.Tensor) -> torch.Tensor:
     """The head on pooled pre-logits features: ``classify(m, forward_pooled(m, x))`` is
     ``m(x)``."""

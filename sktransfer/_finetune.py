@@ -76,7 +76,7 @@ class FineTunedEstimator(BaseEstimator):
         "callbacks": [None, list],
         "memory": [None, str, os.PathLike, HasMethods(("cache",))],
         "activation_budget": [Interval(Integral, 0, None, closed="left"), str],
-        "domain_adaptation": [None, Options({"adabn", "coral", "mmd"})],
+        "domain_adaptation": [None, Options({"adabn", "coral", "mmd", "dann"})],
         "adaptation_weight": [Interval(Real, 0, None, closed="left")],
     }
 
@@ -217,6 +217,8 @@ class FineTunedEstimator(BaseEstimator):
             net, history = trainer.run()
 
         net.module_.split = None
+        net.module_.domain_head = None  # DANN's domain classifier is for training only
+        net.alignment = None  # nor are target batches kept
         net.module_.eval()
         net.trim_for_prediction()
 

@@ -27,7 +27,10 @@ from ._training import (
     BATCHNORMS,
     OPTIMIZERS,
     Accuracy,
+    AdversarialLoss,
     DomainAlignment,
+    DomainClassifier,
+    FeatureLoss,
     MultiTaskCrossEntropy,
     StageName,
     TaskHits,
@@ -40,8 +43,9 @@ from ._training import (
 )
 
 # Domain adaptation by a loss between the pooled features of source and target batches
-# (skada's deep losses): deep CORAL (covariances) and DAN's multi-kernel MMD.
-ALIGNMENT_LOSSES = ("coral", "mmd")
+# (skada's deep losses): deep CORAL (covariances), DAN's multi-kernel MMD, and DANN's
+# adversarial domain classifier.
+ALIGNMENT_LOSSES = ("coral", "mmd", "dann")
 
 # Losses by target kind: class labels, 0/1 label columns, several label columns (one
 # head each), standardised real targets.
@@ -126,6 +130,7 @@ class Trainer:
         self.aligning = plan.domain_adaptation in ALIGNMENT_LOSSES and self.data.target is not None
         if self.aligning:
             self._check_alignment()
+            alignment_loss(plan.domain_adaptation)  # skada installed, or a clear error
         if adabn and not batchnorm_layers(self.backbone):
             raise ValueError(
                 "domain_adaptation='adabn' recomputes BatchNorm statistics on the target "
@@ -165,13 +170,14 @@ class Trainer:
             train, valid = self._array_datasets(arrays)
         else:
             train, valid = self._image_datasets()
+        alignment = domain_head = None
         if self.aligning and not self._head_only(stage):
             target = inputs["target"] if inputs is not None else self._target_images()
             extra = [*extra, ("domain_loss", PassthroughScoring("domain_loss", on_train=True))]
-            alignment = self._alignment(target)
-        else:
-            alignment = None
-        net = self._build_net(stage, split, len(self.data.train_idx), extra, alignment)
+            if self.plan.domain_adaptation == "dann":
+                domain_head = DomainClassifier(_backbone.pooled_width(self.backbone))
+            alignment = self._alignment(target, domain_head, stage)
+        net = self._build_net(stage, split, len(self.data.train_idx), extra, alignment, domain_head)
         if valid is not None:
             net.set_params(train_split=predefined_split(valid))
         net.fit(train, None)
@@ -202,15 +208,19 @@ class Trainer:
                 f"{len(self.data.target)}."
             )
 
-    def _alignment(self, target_inputs: torch.utils.data.Dataset) -> DomainAlignment:
+    def _alignment(self, target_inputs, domain_head, stage: Stage) -> DomainAlignment:
         """Endless shuffled target batches and skada's loss for the method."""
-        batch_size = min(self.plan.batch_size, len(target_inputs))
+        plan = self.plan
+        batch_size = min(plan.batch_size, len(target_inputs))
         loader = torch.utils.data.DataLoader(
             target_inputs, batch_size=batch_size, shuffle=True, drop_last=True
         )
-        return DomainAlignment(
-            loader, alignment_loss(self.plan.domain_adaptation), self.plan.adaptation_weight
-        )
+        if domain_head is not None:
+            loss = AdversarialLoss(domain_head)
+        else:
+            loss = FeatureLoss(alignment_loss(plan.domain_adaptation))
+        steps = -(-len(self.data.train_idx) // plan.batch_size) * stage.epochs
+        return DomainAlignment(loader, loss, plan.adaptation_weight, total_steps=steps)
 
     def _target_images(self):
         """Target images through the training transform (augmentation included)."""
@@ -372,7 +382,9 @@ class Trainer:
 
     # --------------------------------------------------------------------- net
 
-    def _build_net(self, stage: Stage, split, n_train: int, extra, alignment=None):
+    def _build_net(
+        self, stage: Stage, split, n_train: int, extra, alignment=None, domain_head=None
+    ):
         plan = self.plan
         mixer = self._mixer(split)
         drop_last = n_train % plan.batch_size == 1 or (
@@ -385,6 +397,7 @@ class Trainer:
             plan.weight_decay,
             freeze_batchnorm=plan.freeze_batchnorm,
             channels_last=self.channels_last,
+            domain_head=domain_head,
         )
         n_batches = n_train // plan.batch_size if drop_last else -(-n_train // plan.batch_size)
         steps_per_epoch = max(1, n_batches)
@@ -610,7 +623,8 @@ class InputsOnly(torch.utils.data.Dataset):
 
 
 def alignment_loss(method: str) -> Callable:
-    """skada's deep loss for ``method``: deep CORAL or DAN's multi-kernel MMD."""
+    """skada's deep loss for ``method``: deep CORAL or DAN's multi-kernel MMD (DANN's
+    needs skada too: checked here for every method)."""
     try:
         from skada.deep.losses import dan_loss, deepcoral_loss
     except ImportError as exc:
@@ -618,7 +632,7 @@ def alignment_loss(method: str) -> Callable:
             f"domain_adaptation={method!r} uses the deep losses of skada: pip install "
             "'sktransfer[da]' (or pip install skada)."
         ) from exc
-    return {"coral": deepcoral_loss, "mmd": dan_loss}[method]
+    return {"coral": deepcoral_loss, "mmd": dan_loss}.get(method)
 
 
 class _Compose:

@@ -40,6 +40,9 @@ class TransferModule(nn.Module):
         pretrained ones) while its affine weights, if trainable, still train.
     channels_last : bool
         Run the backbone on channels-last tensors (faster for convolutional networks).
+    domain_head : nn.Module or None
+        A domain classifier trained with the backbone (DANN), in its own optimizer group
+        at the head's learning rate.
     """
 
     def __init__(
@@ -51,9 +54,11 @@ class TransferModule(nn.Module):
         *,
         freeze_batchnorm=False,
         channels_last=False,
+        domain_head=None,
     ):
         super().__init__()
         self.backbone = backbone
+        self.domain_head = domain_head  # DANN's domain classifier, trained alongside
         self.split = split
         self.weight_decay = weight_decay
         self.channels_last = channels_last
@@ -104,6 +109,9 @@ class TransferModule(nn.Module):
                 groups.append({"params": decay, "lr": lr, "weight_decay": self.weight_decay})
             if no_decay:
                 groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0})
+        if self.domain_head is not None:
+            lr = max(self.group_lrs)
+            groups.append({"params": list(self.domain_head.parameters()), "lr": lr})
         return groups
 
 
@@ -144,7 +152,8 @@ class TransferNet(NeuralNet):
             features, logits = self.module_.features_and_logits(torch.cat([x, x_target]))
         features, logits = features.float(), logits[: len(x)].float()
         task = self.get_loss(logits, y, X=X, training=True)
-        domain = self.alignment.loss(features[: len(x)], features[len(x) :])
+        alignment = self.alignment
+        domain = alignment.loss(features[: len(x)], features[len(x) :], alignment.progress)
         loss = task + self.alignment.weight * domain
         loss.backward()
         self.history.record_batch("domain_loss", domain.item())
@@ -186,19 +195,71 @@ class TransferNet(NeuralNet):
 class DomainAlignment:
     """What a training step needs to align source and target features: batches of
     target inputs, drawn without end from ``loader``, a ``loss(features_source,
-    features_target)`` and its ``weight``."""
+    features_target, progress)`` and its ``weight``. ``progress`` (0 to 1 over ``total_steps``
+    calls of :meth:`next_batch`) drives the schedule of adversarial losses."""
 
-    def __init__(self, loader, loss, weight):
+    def __init__(self, loader, loss, weight, total_steps=1):
         self.loader, self.loss, self.weight = loader, loss, weight
+        self.total_steps, self.steps = max(1, total_steps), 0
         self._batches = iter(())
 
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.steps / self.total_steps)
+
     def next_batch(self, device):
+        self.steps += 1
         try:
             x = next(self._batches)
         except StopIteration:
             self._batches = iter(self.loader)
             x = next(self._batches)
         return to_tensor(x, device=device)
+
+
+class DomainClassifier(nn.Module):
+    """DANN's domain classifier (Ganin et al., 2016) on pooled features, behind a
+    gradient-reversal layer (skada's): one logit per image, source 0, target 1."""
+
+    def __init__(self, n_features, hidden=100):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(n_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
+
+    def forward(self, features, reversal):
+        from skada.deep.modules import GradientReversalLayer
+
+        return self.layers(GradientReversalLayer.apply(features, reversal))[:, 0]
+
+
+class FeatureLoss:
+    """A distance between source and target features (deep CORAL, MMD): no schedule."""
+
+    def __init__(self, distance):
+        self.distance = distance
+
+    def __call__(self, features_source, features_target, progress):
+        return self.distance(features_source, features_target)
+
+
+class AdversarialLoss:
+    """DANN's loss: the domain classifier's cross-entropy on source and target features
+    (skada's ``DANNLoss`` on logits), its gradient reversed into the backbone with the
+    usual ramp ``2 / (1 + exp(-10 p)) - 1`` of training progress ``p``."""
+
+    def __init__(self, domain_head):
+        from skada.deep import DANNLoss
+
+        self.domain_head = domain_head
+        self.criterion = DANNLoss(domain_criterion=nn.BCEWithLogitsLoss())
+
+    def __call__(self, features_source, features_target, progress):
+        reversal = 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
+        return self.criterion(
+            self.domain_head(features_source, reversal),
+            self.domain_head(features_target, reversal),
+        )
 
 
 def _mix(mixer, batch, device):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import sys
 
 import numpy as np
@@ -16,6 +17,7 @@ from skorch.callbacks import Callback
 
 from sktransfer import FineTunedRegressor, PretrainedFeatureExtractor
 from sktransfer._backbone import eval_transform
+from sktransfer._training import AdversarialLoss, DomainClassifier
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -109,6 +111,17 @@ class TestAdaBN:
         assert search.best_estimator_.batchnorm_adapted_
 
 
+class GroupSizes(Callback):
+    """How many parameters each optimizer group holds, at the start of each stage."""
+
+    def __init__(self):
+        self.sizes_ = []
+
+    def on_train_begin(self, net, **kwargs):
+        groups = net.optimizer_.param_groups
+        self.sizes_.append([sum(p.numel() for p in g["params"]) for g in groups])
+
+
 class BatchNormMeans(Callback):
     """The running means of every BatchNorm layer at the start of each stage."""
 
@@ -172,7 +185,8 @@ class TestBadInput:
     def test_unknown_method(self, domains):
         X, y, sample_domain, _ = domains
         with pytest.raises(
-            ValueError, match=r"'domain_adaptation' parameter .* \{'adabn', 'coral', 'mmd'\}"
+            ValueError,
+            match=r"'domain_adaptation' parameter .* \{'adabn', 'coral', 'dann', 'mmd'\}",
         ):
             tiny(domain_adaptation="dann-ish").fit(X, y, sample_domain=sample_domain)
 
@@ -205,7 +219,7 @@ class TestShallowWithSkada:
 
 
 class TestAlignmentLosses:
-    @pytest.mark.parametrize("method", ["coral", "mmd"])
+    @pytest.mark.parametrize("method", ["coral", "mmd", "dann"])
     @pytest.mark.parametrize("augment", [None, "light"])  # cached bottom rows, or images
     def test_the_unfrozen_stage_records_its_domain_loss(self, domains, method, augment):
         X, y, sample_domain, _ = domains
@@ -216,6 +230,38 @@ class TestAlignmentLosses:
         assert [s for s, _ in stages] == ["head", "finetune", "finetune"]
         assert stages[0][1] is None
         assert all(np.isfinite(d) and d > 0 for _, d in stages[1:])
+
+    @pytest.mark.parametrize("method", ["coral", "dann"])
+    def test_pickles_keep_no_training_parts(self, domains, method):
+        X, y, sample_domain, _ = domains
+        clf = tiny(domain_adaptation=method).fit(X, y, sample_domain=sample_domain)
+        assert clf.net_.module_.domain_head is None and clf.net_.alignment is None
+        loaded = pickle.loads(pickle.dumps(clf))
+        np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+
+    def test_the_domain_classifier_trains_in_its_own_group(self, domains):
+        X, y, sample_domain, _ = domains
+        groups = GroupSizes()
+        tiny(domain_adaptation="dann", callbacks=[groups]).fit(X, y, sample_domain=sample_domain)
+        head_stage, finetune_stage = groups.sizes_  # test_efficientnet: 256 features
+        n_domain_head = sum(p.numel() for p in DomainClassifier(256).parameters())
+        assert finetune_stage[-1] == n_domain_head  # the last group: the domain classifier
+
+    @pytest.mark.parametrize("progress, reversal", [(0.0, 0.0), (0.5, 0.9866), (1.0, 0.9999)])
+    def test_dann_reverses_the_domain_gradient_with_the_ramp(self, progress, reversal):
+        pytest.importorskip("skada")
+        torch.manual_seed(0)
+        head = DomainClassifier(8)
+        source, target = torch.randn(6, 8, requires_grad=True), torch.randn(6, 8)
+        AdversarialLoss(head)(source, target, progress).backward()
+        reversed_grad = source.grad.clone()
+        source.grad = None
+        criterion = torch.nn.BCEWithLogitsLoss()
+        plain = criterion(head.layers(source)[:, 0], torch.zeros(6)) + criterion(
+            head.layers(target)[:, 0], torch.ones(6)
+        )
+        plain.backward()  # the same loss, without the reversal layer
+        torch.testing.assert_close(reversed_grad, -reversal * source.grad, atol=1e-4, rtol=1e-3)
 
     def test_the_weight_matters(self, domains):
         X, y, sample_domain, _ = domains
