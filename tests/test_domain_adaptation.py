@@ -201,17 +201,19 @@ def skada():
 
 
 class TestShallowWithSkada:
-    @pytest.mark.parametrize("adapter", ["CORALAdapter", "SubspaceAlignmentAdapter"])
+    @pytest.mark.parametrize("adapter", ["coral", "subspace alignment", "density reweighting"])
     def test_extractor_in_a_da_pipeline(self, skada, domains, adapter, tmp_path):
-        X, y, sample_domain, y_class = domains
+        X, y, sample_domain, _ = domains
         extractor = PretrainedFeatureExtractor(
             "test_efficientnet", weights=None, image_size=32, device="cpu", memory=tmp_path
         )
-        make = {
-            "CORALAdapter": skada.CORALAdapter,
-            "SubspaceAlignmentAdapter": lambda: skada.SubspaceAlignmentAdapter(n_components=4),
+        classifier = LogisticRegression().set_fit_request(sample_weight=True)
+        adapters = {
+            "coral": skada.CORALAdapter,
+            "subspace alignment": lambda: skada.SubspaceAlignmentAdapter(n_components=4),
+            "density reweighting": skada.DensityReweightAdapter,  # weights the classifier
         }
-        pipe = skada.make_da_pipeline(extractor, make[adapter](), LogisticRegression())
+        pipe = skada.make_da_pipeline(extractor, adapters[adapter](), classifier)
         pipe.fit(X, y, sample_domain=sample_domain)
         predicted = pipe.predict(X[N:], sample_domain=sample_domain[N:])
         assert predicted.shape == (N,) and set(predicted) <= {0, 1, 2}
