@@ -272,34 +272,17 @@ class Trainer:
         ``memory``), as inputs without targets."""
         target = self.data.target
         positions = np.arange(len(target))
-        compute = bottom_of_images(
-            split,
-            target,
-            positions,
-            self.eval_tf,
-            batch_size=self.plan.batch_size,
-            device=self.plan.device,
-            num_workers=self.plan.num_workers,
-        )
-        plan = self.plan
-        rows = cached_rows(
-            split.point,
-            target,
-            positions,
-            compute,
-            memory=plan.memory,
-            identity=plan.cache_identity,
-            cfg=self.data.cfg,
-            device=plan.device,
-            allocate=self._allocate,
-        )
+        compute = self._bottom_of_images(split, target, positions)
+        rows = self._rows(split.point, positions, compute, target)
         return InputsOnly(ArrayDataset(rows, torch.zeros(len(rows))))
 
-    def _rows(self, point: str, positions: np.ndarray, compute: Callable) -> np.ndarray:
+    def _rows(self, point: str, positions, compute: Callable, source=None) -> np.ndarray:
+        """Rows at ``point`` of the images at ``positions`` of ``source`` (the training
+        images by default), from the cache or ``compute``."""
         plan = self.plan
         return cached_rows(
             point,
-            self.data.source,
+            self.data.source if source is None else source,
             positions,
             compute,
             memory=plan.memory,
@@ -309,12 +292,13 @@ class Trainer:
             allocate=self._allocate,
         )
 
-    def _bottom_of_images(self, split) -> Callable:
-        positions = self.data.positions
+    def _bottom_of_images(self, split, source=None, positions=None) -> Callable:
+        """``compute`` of the frozen bottom of ``split`` on the images at ``positions``
+        of ``source`` (by default the training images, in training order)."""
         return bottom_of_images(
             split,
-            self.data.source,
-            positions,
+            self.data.source if source is None else source,
+            self.data.positions if positions is None else positions,
             self.eval_tf,
             batch_size=self.plan.batch_size,
             device=self.plan.device,
