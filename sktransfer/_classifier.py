@@ -351,12 +351,15 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
                 "two weights); set mixup=0 and cutmix=0, or drop sample_weight."
             )
 
-    def predict_proba(self, X):
+    def predict_proba(self, X, sample_domain=None):
         """Class probabilities; columns follow ``classes_``.
 
         Parameters
         ----------
         X : images
+        sample_domain : array-like of shape (n_images,), default=None
+            Ignored: predictions do not depend on the domain. Accepted so that skada's
+            pipelines and domain-adaptation scorers can pass it.
 
         Returns
         -------
@@ -373,9 +376,10 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         multilabel = getattr(self, "multilabel_", False)
         return self._predict_outputs(X, torch.sigmoid if multilabel else _softmax)
 
-    def predict(self, X):
+    def predict(self, X, sample_domain=None):
         """Predicted labels: 1-D, a 0/1 indicator matrix for multilabel targets, or one
-        column per label column (multi-task)."""
+        column per label column (multi-task). ``sample_domain`` is ignored, as in
+        :meth:`predict_proba`."""
         proba = self.predict_proba(X)
         if self.multitask_:
             columns = [c[np.argmax(p, axis=1)] for c, p in zip(self.classes_, proba, strict=True)]

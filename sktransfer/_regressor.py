@@ -223,12 +223,15 @@ cache_identity_
     def _encode_targets(self, y, n_images, sample_weight) -> Targets:
         return regression_targets(y, n_images, self.loss, sample_weight)
 
-    def predict(self, X):
+    def predict(self, X, sample_domain=None):
         """Predicted targets, in the units of ``y``.
 
         Parameters
         ----------
         X : images
+        sample_domain : array-like of shape (n_images,), default=None
+            Ignored: predictions do not depend on the domain. Accepted so that skada's
+            pipelines and domain-adaptation scorers can pass it.
 
         Returns
         -------

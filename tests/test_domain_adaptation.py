@@ -220,6 +220,32 @@ class TestShallowWithSkada:
         assert any(tmp_path.rglob("*")), "the extractor's cache was used"
 
 
+class TestSelectionWithoutTargetLabels:
+    def test_a_skada_scorer_in_a_grid_search(self, skada, domains):
+        """skada's DA scorers pass sample_domain to predict_proba: accepted (ignored)."""
+        from skada.metrics import PredictionEntropyScorer
+        from sklearn.model_selection import ShuffleSplit
+
+        X, y, sample_domain, _ = domains
+        clf = tiny(domain_adaptation="coral").set_fit_request(sample_domain=True)
+        search = GridSearchCV(
+            clf,
+            {"adaptation_weight": [0.1, 1.0]},
+            cv=ShuffleSplit(2, test_size=0.3, random_state=0),
+            scoring=PredictionEntropyScorer(),
+        ).fit(X, y, sample_domain=sample_domain)
+        assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+        fitted = search.best_estimator_
+        np.testing.assert_array_equal(
+            fitted.predict_proba(X, sample_domain=sample_domain), fitted.predict_proba(X)
+        )
+
+    def test_the_regressor_takes_sample_domain_in_predict(self, domains):
+        X, _, sample_domain, y_class = domains
+        reg = tiny(FineTunedRegressor).fit(X[:N], y_class.astype(float))
+        np.testing.assert_array_equal(reg.predict(X, sample_domain=sample_domain), reg.predict(X))
+
+
 class TestAlignmentLosses:
     @pytest.mark.parametrize("method", ["coral", "mmd", "dann"])
     @pytest.mark.parametrize("augment", [None, "light"])  # cached bottom rows, or images
