@@ -27,16 +27,15 @@ class Targets:
 def classification_targets(y, n_images, task_weights=None) -> Targets:
     """Class labels (cross-entropy), a 0/1 indicator matrix (one sigmoid per label), or
     several columns of class labels (one softmax head per column: multi-task)."""
-    if y is not None and np.ndim(y) == 2:
-        _check_labels(y, n_images)
-        if _label_columns(np.asarray(y)):
-            return multitask_targets(y, n_images, task_weights)
+    rows = _check_labels(y, n_images)
+    if np.ndim(y) == 2 and _label_columns(np.asarray(y)):
+        return _multitask_targets(y, rows, task_weights)
     if task_weights is not None:
         raise ValueError(
             "task_weights weighs the losses of several label columns (a 2-D y of class "
             "labels); this y is not one. Set task_weights=None."
         )
-    return _single_task_targets(y, n_images)
+    return _single_task_targets(y)
 
 
 def _label_columns(values: np.ndarray) -> bool:
@@ -47,14 +46,13 @@ def _label_columns(values: np.ndarray) -> bool:
     return type_of_target(values, input_name="y") == "multiclass-multioutput"
 
 
-def multitask_targets(y, n_images, task_weights=None) -> Targets:
-    """One softmax head per label column; each image's loss is the weighted sum of its
-    tasks' cross-entropies."""
-    values = _check_labels(y, n_images)
-    names = _column_names(y, values.shape[1])
+def _multitask_targets(y, rows: np.ndarray, task_weights=None) -> Targets:
+    """One softmax head per label column (``rows``: ``y`` checked, as objects); each
+    image's loss is the weighted sum of its tasks' cross-entropies."""
+    names = _column_names(y, rows.shape[1])
     classes, codes = [], []
     for t, name in enumerate(names):
-        column = np.asarray(values[:, t].tolist())  # each column in its own dtype
+        column = np.asarray(rows[:, t].tolist())  # each column in its own dtype
         encoder = LabelEncoder().fit(column)
         if len(encoder.classes_) < 2:
             raise ValueError(
@@ -101,8 +99,8 @@ def _task_weights(task_weights, names) -> tuple:
     return tuple(float(v) for v in w)
 
 
-def _single_task_targets(y, n_images) -> Targets:
-    classes, y_enc, multilabel = encode_labels(y, n_images)
+def _single_task_targets(y) -> Targets:
+    classes, y_enc, multilabel = _encode_labels(y)
     if multilabel:
         return Targets(
             y_enc,
@@ -193,31 +191,38 @@ def split_domains(sample_domain, n_images, masked=None) -> tuple[np.ndarray, np.
 
 def masked_labels(y, n_images) -> np.ndarray:
     """Rows whose class labels are all -1: unlabelled target images (skada's mask)."""
-    values = _rows_of(y, n_images)
-    return np.array([all(_is_minus_one(v) for v in row) for row in values])
+    return _all_masked(y, n_images, _is_minus_one)
 
 
 def masked_values(y, n_images) -> np.ndarray:
     """Rows whose real targets are all NaN: unlabelled target images (skada's mask)."""
-    values = _rows_of(y, n_images)
-    return np.array(
-        [all(isinstance(v, float | np.floating) and np.isnan(v) for v in row) for row in values]
-    )
+    return _all_masked(y, n_images, _is_nan)
 
 
-def _rows_of(y, n_images) -> np.ndarray:
+def _all_masked(y, n_images, is_mask) -> np.ndarray:
+    rows = _rows(y, n_images, "y is None: domain adaptation reads the unlabelled rows from y.")
+    return np.array([all(is_mask(v) for v in row) for row in rows])
+
+
+def _is_minus_one(v) -> bool:
+    return isinstance(v, int | float | np.integer | np.floating) and v == -1
+
+
+def _is_nan(v) -> bool:
+    return isinstance(v, float | np.floating) and np.isnan(v)
+
+
+def _rows(y, n_images, if_none: str) -> np.ndarray:
+    """``y`` as objects, one row per image (the length checked); ``if_none`` is the
+    error when ``y`` is None."""
     if y is None:
-        raise ValueError("y is None: domain adaptation reads the unlabelled rows from y.")
+        raise ValueError(if_none)
     values = np.asarray(y, dtype=object)
     if len(values) != n_images:
         raise ValueError(
             f"X and y have different lengths: {n_images} images but {len(values)} labels."
         )
     return values.reshape(n_images, -1)
-
-
-def _is_minus_one(v) -> bool:
-    return isinstance(v, int | float | np.integer | np.floating) and v == -1
 
 
 def take_rows(y, rows: np.ndarray):
@@ -261,17 +266,11 @@ def check_sample_weight(sample_weight, n_images):
 
 
 def _check_labels(y, n_images) -> np.ndarray:
-    """``y`` as an object array, after checking its length and that no label is None,
-    NaN or infinite (the error names the first image without a label)."""
-    if y is None:
-        raise ValueError("FineTunedClassifier needs labels: y is None.")
-    values = np.asarray(y, dtype=object)
-    if len(values) != n_images:
-        raise ValueError(
-            f"X and y have different lengths: {n_images} images but {len(values)} labels."
-        )
+    """``y`` as objects, one row per image, after checking its length and that no label
+    is None, NaN or infinite (the error names the first image without a label)."""
+    rows = _rows(y, n_images, "FineTunedClassifier needs labels: y is None.")
     # Scan as objects: np.asarray would turn None or NaN among strings into classes.
-    for i, row in enumerate(values.reshape(len(values), -1)):
+    for i, row in enumerate(rows):
         for v in row:
             if v is None:
                 raise ValueError(
@@ -282,12 +281,11 @@ def _check_labels(y, n_images) -> np.ndarray:
                 raise ValueError(
                     f"y contains NaN or infinite values (first for the image at index {i})."
                 )
-    return values
+    return rows
 
 
-def encode_labels(y, n_images):
-    """Validate ``y`` and encode it: (classes, encoded targets, is_multilabel)."""
-    _check_labels(y, n_images)
+def _encode_labels(y):
+    """Encode checked labels ``y``: (classes, encoded targets, is_multilabel)."""
     y_arr = np.asarray(y)
     kind = type_of_target(y_arr, input_name="y")
     if kind == "multilabel-indicator":
