@@ -200,8 +200,6 @@ class FineTunedEstimator(BaseEstimator):
             torch.manual_seed(seed)
             random.seed(seed)
             backbone, identity = self._start_backbone(targets.n_outputs, seed)
-            if self.domain_adaptation == "adabn":
-                identity = {}  # AdaBN changes the frozen layers: no rows shared across fits
             backbone.to(device)
             groups = _backbone.block_groups(backbone)
             frozen_groups = self._resolve_freeze_depth(len(groups))
@@ -358,8 +356,9 @@ class FineTunedEstimator(BaseEstimator):
 
     def _cache_identity(self, backbone) -> dict:
         """What names the pretrained backbone in the cache (hashing weights costs a
-        pass over them, so only with a cache)."""
-        if self.memory is None:
+        pass over them, so only with a cache). AdaBN changes the frozen layers, so its
+        fits share no rows."""
+        if self.memory is None or self.domain_adaptation == "adabn":
             return {}
         return {"model": self.model, "weights": _backbone.weights_fingerprint(backbone)}
 
