@@ -494,7 +494,7 @@ class SplitForward:
             x = nn.functional.dropout(
                 x, p=float(getattr(self.model, "drop_rate", 0.0)), training=self.model.training
             )
-            return self.model.get_classifier()(x)
+            return classify(self.model, x)
         return self.model.forward_head(self._features(x))
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:

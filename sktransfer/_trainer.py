@@ -130,7 +130,6 @@ class Trainer:
         self.aligning = plan.domain_adaptation in ALIGNMENT_LOSSES and self.data.target is not None
         if self.aligning:
             self._check_alignment()
-            alignment_loss(plan.domain_adaptation)  # skada installed, or a clear error
         if adabn and not batchnorm_layers(self.backbone):
             raise ValueError(
                 "domain_adaptation='adabn' recomputes BatchNorm statistics on the target "
@@ -194,6 +193,7 @@ class Trainer:
         )
 
     def _check_alignment(self):
+        require_skada(self.plan.domain_adaptation)
         last = [s for s in self.plan.stages if s.epochs > 0][-1:]
         if not last or self._head_only(last[0]):
             raise ValueError(
@@ -224,13 +224,8 @@ class Trainer:
 
     def _target_images(self):
         """Target images through the training transform (augmentation included)."""
-        aug, cfg = self.plan.augment, self.data.cfg
-        if isinstance(aug, str):
-            transform = _backbone.train_transform(cfg, aug)
-        else:
-            transform = _Compose(aug, self.eval_tf) if aug is not None else self.eval_tf
         target = self.data.target
-        return InputsOnly(ImageDataset(target, transform, torch.zeros(len(target))))
+        return InputsOnly(ImageDataset(target, self._train_transform(), torch.zeros(len(target))))
 
     def _head_only(self, stage: Stage) -> bool:
         trainable = {n for names, _ in stage.lr_groups for n in names}
@@ -330,14 +325,17 @@ class Trainer:
 
     # ------------------------------------------------------------ streamed inputs
 
-    def _image_datasets(self):
-        data, aug = self.data, self.plan.augment
+    def _train_transform(self) -> Callable:
+        """The preprocessing of training images: the model's, after the augmentation."""
+        aug = self.plan.augment
         if aug is None:
-            train_tf = self.eval_tf
-        elif isinstance(aug, str):
-            train_tf = _backbone.train_transform(data.cfg, aug)
-        else:
-            train_tf = _Compose(aug, self.eval_tf)
+            return self.eval_tf
+        if isinstance(aug, str):
+            return _backbone.train_transform(self.data.cfg, aug)
+        return _Compose(aug, self.eval_tf)
+
+    def _image_datasets(self):
+        data, train_tf = self.data, self._train_transform()
         y, w = self._targets()
         n_train = len(data.train_idx)
         train = ImageDataset(
@@ -606,17 +604,24 @@ class InputsOnly(torch.utils.data.Dataset):
         return self.dataset[i][0]
 
 
-def alignment_loss(method: str) -> Callable:
-    """skada's deep loss for ``method``: deep CORAL or DAN's multi-kernel MMD (DANN's
-    needs skada too: checked here for every method)."""
+def require_skada(method: str) -> None:
+    """Raise an ImportError that says how to install skada, whose deep losses every
+    alignment method uses, when it is missing."""
     try:
-        from skada.deep.losses import dan_loss, deepcoral_loss
+        import skada.deep.losses  # noqa: F401
     except ImportError as exc:
         raise ImportError(
             f"domain_adaptation={method!r} uses the deep losses of skada: pip install "
             "'sktransfer[da]' (or pip install skada)."
         ) from exc
-    return {"coral": deepcoral_loss, "mmd": dan_loss}.get(method)
+
+
+def alignment_loss(method: str) -> Callable:
+    """skada's deep loss for ``method``: deep CORAL or DAN's multi-kernel MMD."""
+    require_skada(method)
+    from skada.deep.losses import dan_loss, deepcoral_loss
+
+    return {"coral": deepcoral_loss, "mmd": dan_loss}[method]
 
 
 class _Compose:

@@ -222,15 +222,16 @@ class DomainClassifier(nn.Module):
     gradient-reversal layer (skada's): one logit per image, source 0, target 1."""
 
     def __init__(self, n_features, hidden=100):
+        from skada.deep.modules import GradientReversalLayer
+
         super().__init__()
+        self.reverse = GradientReversalLayer.apply
         self.layers = nn.Sequential(
             nn.Linear(n_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, 1)
         )
 
     def forward(self, features, reversal):
-        from skada.deep.modules import GradientReversalLayer
-
-        return self.layers(GradientReversalLayer.apply(features, reversal))[:, 0]
+        return self.layers(self.reverse(features, reversal))[:, 0]
 
 
 class FeatureLoss:
