@@ -128,17 +128,18 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         ``memory``, or a temporary folder) that are deleted after the fit.
     domain_adaptation : {None, "adabn", "coral", "mmd", "dann"}, default=None
         Adapt to the unlabelled target images of ``fit`` (see ``sample_domain``).
-        ``"adabn"`` (AdaBN, Li et al. 2016) trains with every BatchNorm layer
-        normalising by the statistics of the source images, then swaps in those of the
-        target images (needs BatchNorm layers; with ``memory``, no activations are
-        shared with other fits, since the frozen layers change). ``"coral"`` (deep CORAL, Sun & Saenko 2016) and ``"mmd"``
-        (DAN's multi-kernel MMD, Long et al. 2015) add to each training step of the
-        unfrozen stage a loss between the pooled features of the source batch and of
-        a target batch (skada's deep losses: the ``da`` extra), weighted by
-        ``adaptation_weight``; ``history_`` records it as ``domain_loss``. ``"dann"``
-        (Ganin et al. 2016) trains a domain classifier on the pooled features against
-        the backbone, through a gradient-reversal layer whose strength ramps up as
-        ``2 / (1 + exp(-10 p)) - 1`` over the stage (skada's ``DANNLoss``).
+        ``"adabn"`` (AdaBN, Li et al. 2016) trains as without adaptation, then sets
+        every BatchNorm layer's statistics so that target activations are normalised as
+        the source's were (needs BatchNorm layers; with ``memory``, no activations are
+        shared with other fits, since the frozen layers change). ``"coral"`` (deep
+        CORAL, Sun & Saenko 2016) and ``"mmd"`` (DAN's multi-kernel MMD, Long et al.
+        2015) add to each training step of the unfrozen stage a loss between the pooled
+        features of the source batch and of a target batch (skada's deep losses: the
+        ``da`` extra), weighted by ``adaptation_weight``; ``history_`` records it as
+        ``domain_loss``. ``"dann"`` (Ganin et al. 2016) trains a domain classifier on
+        the pooled features of both batches against the backbone, through a
+        gradient-reversal layer whose strength ramps up as ``2 / (1 + exp(-10 p)) - 1``
+        over the stage (skada's ``DANNLoss``).
     adaptation_weight : float, default=1.0
         Weight of the ``"coral"``, ``"mmd"`` or ``"dann"`` loss against the task loss.
 

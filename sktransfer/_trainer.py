@@ -20,11 +20,11 @@ from skorch.helper import predefined_split
 from torch import nn
 
 from . import _backbone
+from ._adabn import adapt_batchnorm, batchnorm_layers
 from ._cache import EmbeddingCache, cache_namespace
 from ._images import ImageSource
 from ._inference import BudgetAllocator, array_batches, empty_rows, run_batches, run_forward
 from ._training import (
-    BATCHNORMS,
     OPTIMIZERS,
     Accuracy,
     AdversarialLoss,
@@ -136,8 +136,6 @@ class Trainer:
                 "images, and this model has no BatchNorm layer (vision transformers use "
                 "LayerNorm). Choose a convolutional model, or domain_adaptation=None."
             )
-        if adabn:  # AdaBN's model normalises by the statistics of the domain it trains on
-            self._adapt_batchnorm(self.data.source)
         ema = _backbone.weight_average(self.backbone, plan.ema) if plan.ema else None
         extra = [("ema", WeightAverage(ema))] if ema is not None else []
         try:
@@ -152,8 +150,8 @@ class Trainer:
             self._allocate.close()
         if ema is not None:
             self.backbone.load_state_dict(ema.module.state_dict())
-        if adabn:  # ... and then by the target's
-            self._adapt_batchnorm(self.data.target)
+        if adabn:  # target activations normalised as the source's were
+            self._adapt_batchnorm()
         if net is None:  # zero epochs: an untrained head, still a usable (trimmed) net
             net = self._build_net(plan.stages[0], None, 0, [])
             net.initialize()
@@ -182,10 +180,11 @@ class Trainer:
         net.fit(train, None)
         return net
 
-    def _adapt_batchnorm(self, images: ImageSource) -> None:
+    def _adapt_batchnorm(self) -> None:
         adapt_batchnorm(
             self.backbone,
-            images,
+            self.data.source,
+            self.data.target,
             self.eval_tf,
             batch_size=self.plan.batch_size,
             device=self.plan.device,
@@ -522,38 +521,6 @@ def bottom_of_images(
         )
 
     return compute
-
-
-def batchnorm_layers(backbone: nn.Module) -> list[nn.Module]:
-    return [m for m in backbone.modules() if isinstance(m, BATCHNORMS)]
-
-
-def adapt_batchnorm(backbone, source, transform, *, batch_size, device, num_workers) -> None:
-    """AdaBN (Li et al., 2016): every BatchNorm layer's running statistics become those
-    of the images of ``source`` (the target domain), averaged over all of its batches;
-    the weights do not change."""
-    layers = batchnorm_layers(backbone)
-    momenta = [m.momentum for m in layers]
-    backbone.eval()
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches
-        m.train()
-    try:
-        run_batches(
-            lambda x: backbone(x)[:, :0],  # only the statistics matter: keep no output
-            source,
-            transform,
-            batch_size=batch_size,
-            device=device,
-            precision="float32",
-            num_workers=num_workers,
-            channels_last=_backbone.prefers_channels_last(backbone),
-        )
-    finally:
-        for m, momentum in zip(layers, momenta, strict=True):
-            m.momentum = momentum
-        backbone.eval()
 
 
 # ---------------------------------------------------------------------- datasets

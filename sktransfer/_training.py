@@ -12,6 +12,7 @@ from skorch.utils import to_tensor
 from torch import nn
 
 from . import _backbone
+from ._adabn import BATCHNORMS
 from ._device import autocast
 
 OPTIMIZERS = {
@@ -257,10 +258,11 @@ class AdversarialLoss:
 
     def __call__(self, features_source, features_target, progress):
         reversal = 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
-        return self.criterion(
-            self.domain_head(features_source, reversal),
-            self.domain_head(features_target, reversal),
-        )
+        # One batch of both domains, as in DANN and skada: a BatchNorm in the domain
+        # classifier that saw each domain alone would normalise away their difference.
+        logits = self.domain_head(torch.cat([features_source, features_target]), reversal)
+        n = len(features_source)
+        return self.criterion(logits[:n], logits[n:])
 
 
 def _mix(mixer, batch, device):
@@ -269,9 +271,6 @@ def _mix(mixer, batch, device):
     x = X["x"] if isinstance(X, Mapping) else X
     x, y = mixer(to_tensor(x, device=device), to_tensor(y, device=device))
     return ({**X, "x": x} if isinstance(X, Mapping) else x), y
-
-
-BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def _eval_modules(backbone: nn.Module, freeze_batchnorm: bool) -> list[nn.Module]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 import sys
 
@@ -10,13 +11,14 @@ import pytest
 import sklearn
 import torch
 from _finetune_fixtures import colour_images, tiny
-from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from skorch.callbacks import Callback
 
 from sktransfer import FineTunedRegressor, PretrainedFeatureExtractor
+from sktransfer._adabn import adapt_batchnorm
 from sktransfer._backbone import eval_transform
+from sktransfer._images import as_images
 from sktransfer._training import AdversarialLoss, DomainClassifier
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -69,27 +71,39 @@ class TestConvention:
 
 
 class TestAdaBN:
-    def test_statistics_are_the_target_images(self, domains):
+    def test_training_is_the_source_only_fit(self, domains):
         X, y, sample_domain, _ = domains
-        adapted = tiny(domain_adaptation="adabn").fit(X, y, sample_domain=sample_domain)
-        stored = [(m.running_mean.clone(), m.running_var.clone()) for m in batchnorms(adapted)]
-        reference = reference_adabn(adapted, X[N:])  # recomputed by hand, in place
-        for (mean, var), r in zip(stored, reference, strict=True):
-            torch.testing.assert_close(mean, r.running_mean)
-            torch.testing.assert_close(var, r.running_var)
-            assert r.momentum == 0.1  # restored
-        assert adapted.batchnorm_adapted_
-
-    def test_training_normalises_by_the_source_statistics(self, domains):
-        """AdaBN's premise: the model trained under its own domain's statistics. With
-        frozen statistics (the default for loaded weights) those are the source's."""
-        X, y, sample_domain, _ = domains
-        seen = BatchNormMeans()
-        adapted = tiny(domain_adaptation="adabn", batchnorm="frozen", callbacks=[seen])
+        adapted = tiny(domain_adaptation="adabn", batchnorm="frozen")
         adapted.fit(X, y, sample_domain=sample_domain)
-        source = reference_adabn(tiny(head_epochs=0, max_epochs=0).fit(X[:N], y[:N]), X[:N])
-        for during_training, r in zip(seen.means_[0], source, strict=True):
-            torch.testing.assert_close(during_training, r.running_mean)
+        source_only = tiny(batchnorm="frozen").fit(X[:N], y[:N])
+        trained = dict(source_only.net_.module_.named_parameters())
+        for name, weight in adapted.net_.module_.named_parameters():
+            torch.testing.assert_close(weight, trained[name])
+        moved = [
+            not torch.equal(a.running_mean, s.running_mean)
+            for a, s in zip(batchnorms(adapted), batchnorms(source_only), strict=True)
+        ]
+        assert all(moved) and adapted.batchnorm_adapted_
+
+    def test_adapting_to_the_source_itself_changes_nothing(self, domains):
+        """The model trained under frozen statistics that its new weights left behind:
+        recomputing them on the source would move the source's own normalisation."""
+        fitted, source, _ = trained_with_frozen_statistics(domains)
+        before = [(m.running_mean.clone(), m.running_var.clone()) for m in batchnorms(fitted)]
+        adapt(fitted, source, source)
+        for (mean, var), m in zip(before, batchnorms(fitted), strict=True):
+            torch.testing.assert_close(m.running_mean, mean, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(m.running_var, var, atol=1e-4, rtol=1e-4)
+
+    def test_target_activations_are_normalised_as_the_source_were(self, domains):
+        fitted, source, target = trained_with_frozen_statistics(domains)
+        expected = normalised_moments(fitted, source)
+        adapt(fitted, source, target)
+        for (mean, var), (e_mean, e_var) in zip(
+            normalised_moments(fitted, target), expected, strict=True
+        ):
+            torch.testing.assert_close(mean, e_mean, atol=1e-3, rtol=1e-3)
+            torch.testing.assert_close(var, e_var, atol=1e-3, rtol=1e-3)
 
     def test_predictions_do_not_reuse_cached_frozen_rows(self, domains, tmp_path):
         X, y, sample_domain, _ = domains
@@ -122,35 +136,39 @@ class GroupSizes(Callback):
         self.sizes_.append([sum(p.numel() for p in g["params"]) for g in groups])
 
 
-class BatchNormMeans(Callback):
-    """The running means of every BatchNorm layer at the start of each stage."""
-
-    def __init__(self):
-        self.means_ = []
-
-    def on_train_begin(self, net, **kwargs):
-        layers = [m for m in net.module_.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-        self.means_.append([m.running_mean.clone() for m in layers])
+def trained_with_frozen_statistics(domains):
+    """A model fine-tuned under frozen BatchNorm statistics, its source and target images."""
+    X, y, _, _ = domains
+    fitted = tiny(batchnorm="frozen", max_epochs=3, lr=1e-2).fit(X[:N], y[:N])
+    return fitted, as_images(X[:N]), as_images(X[N:])
 
 
-def reference_adabn(fitted, target_images):
-    """BatchNorm statistics recomputed by hand on the target images, in batches of the
-    estimator's batch size, as AdaBN defines them."""
+def adapt(fitted, source, target):
+    """AdaBN in one batch, so that batch moments are the moments of all the images."""
+    backbone = fitted.net_.module_.backbone
+    transform = eval_transform(fitted.data_config_)
+    adapt_batchnorm(backbone, source, target, transform, batch_size=2 * N, device="cpu")
+
+
+def normalised_moments(fitted, images):
+    """Per channel, the mean and variance of each BatchNorm layer's normalised inputs
+    ``(x - running_mean) / sqrt(running_var + eps)`` over ``images``."""
+    seen = []
+
+    def record(module, args):
+        x = (args[0] - module.running_mean[:, None, None]) / (
+            module.running_var[:, None, None] + module.eps
+        ).sqrt()
+        seen.append((x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)))
+
     backbone = fitted.net_.module_.backbone.eval()
-    preprocess = eval_transform(fitted.data_config_)
-    x = torch.stack([preprocess(Image.fromarray(img)) for img in target_images])
-    layers = batchnorms(fitted)
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
+    handles = [m.register_forward_pre_hook(record) for m in batchnorms(fitted)]
+    x = torch.stack([eval_transform(fitted.data_config_)(images.load(i)) for i in range(N)])
     with torch.no_grad():
-        for batch in torch.split(x, fitted.batch_size):
-            backbone(batch)
-    for m in layers:
-        m.momentum = 0.1
-        m.eval()
-    return layers
+        backbone(x)
+    for handle in handles:
+        handle.remove()
+    return seen
 
 
 class TestBadInput:
@@ -285,11 +303,26 @@ class TestAlignmentLosses:
         reversed_grad = source.grad.clone()
         source.grad = None
         criterion = torch.nn.BCEWithLogitsLoss()
-        plain = criterion(head.layers(source)[:, 0], torch.zeros(6)) + criterion(
-            head.layers(target)[:, 0], torch.ones(6)
-        )
+        logits = head.layers(torch.cat([source, target]))[:, 0]
+        plain = criterion(logits[:6], torch.zeros(6)) + criterion(logits[6:], torch.ones(6))
         plain.backward()  # the same loss, without the reversal layer
         torch.testing.assert_close(reversed_grad, -reversal * source.grad, atol=1e-4, rtol=1e-3)
+
+    def test_the_domain_classifier_sees_both_domains_in_one_batch(self):
+        # Domains that differ only by a shift of the mean: a BatchNorm that normalised
+        # each domain's batch alone would erase the shift and leave the loss at 2 log 2.
+        pytest.importorskip("skada")
+        torch.manual_seed(0)
+        head = DomainClassifier(8)
+        loss = AdversarialLoss(head)
+        optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
+        for _ in range(100):
+            source, target = torch.randn(32, 8), torch.randn(32, 8) + 2.0
+            optimizer.zero_grad()
+            value = loss(source, target, progress=1.0)
+            value.backward()
+            optimizer.step()
+        assert value.item() < 0.2 * 2 * math.log(2)
 
     def test_the_weight_matters(self, domains):
         X, y, sample_domain, _ = domains
