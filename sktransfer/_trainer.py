@@ -9,12 +9,15 @@ stage's pooled features are derived from those activations, not from the images.
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from skorch.callbacks import EarlyStopping, LRScheduler, PassthroughScoring, ProgressBar
 from skorch.helper import predefined_split
 from torch import nn
@@ -178,6 +181,8 @@ class Trainer:
         if valid is not None:
             net.set_params(train_split=predefined_split(valid))
         net.fit(train, None)
+        if domain_head is not None:
+            _warn_if_adversary_diverged(net.history)
         return net
 
     def _adapt_batchnorm(self) -> None:
@@ -621,6 +626,23 @@ def _spill_folder(memory):
     if location is None:
         return None
     return os.path.join(os.fspath(location), "sktransfer", "spill")
+
+
+def _warn_if_adversary_diverged(history) -> None:
+    """DANN's domain classifier should end near chance, the loss ``2 log 2`` of a constant
+    guess; far above it, the backbone won the game by flipping the domains rather than
+    merging them (measured on ELPV: target ROC AUC fell to chance or below)."""
+    loss, chance = history[-1, "domain_loss"], 2 * math.log(2)
+    if loss > 1.5 * chance:
+        warnings.warn(
+            f"domain_adaptation='dann' diverged: in the last epoch the domain "
+            f"classifier's loss was {loss:.2f}, far above {chance:.2f} (a constant "
+            "guess), so the backbone flipped the domains instead of merging them, which "
+            "usually ruins the target predictions. Check them before use, or prefer "
+            "domain_adaptation='adabn' or 'coral' (the guide's domain adaptation page).",
+            ConvergenceWarning,
+            stacklevel=4,
+        )
 
 
 def _epoch_records(history, offset):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import pickle
 import sys
+import warnings
 
 import numpy as np
 import pytest
 import sklearn
 import torch
 from _finetune_fixtures import colour_images, tiny
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from skorch.callbacks import Callback
@@ -323,6 +325,16 @@ class TestAlignmentLosses:
             value.backward()
             optimizer.step()
         assert value.item() < 0.2 * 2 * math.log(2)
+
+    def test_a_diverged_adversary_warns(self, domains):
+        X, y, sample_domain, _ = domains
+        with pytest.warns(ConvergenceWarning, match=r"'dann' diverged: .* loss was 3\.\d\d"):
+            tiny(domain_adaptation="dann", lr=0.1, adaptation_weight=10.0).fit(
+                X, y, sample_domain=sample_domain
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ConvergenceWarning)
+            tiny(domain_adaptation="dann").fit(X, y, sample_domain=sample_domain)
 
     def test_the_weight_matters(self, domains):
         X, y, sample_domain, _ = domains
