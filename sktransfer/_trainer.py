@@ -641,7 +641,7 @@ def _warn_if_adversary_diverged(history) -> None:
             "usually ruins the target predictions. Check them before use, or prefer "
             "domain_adaptation='adabn' or 'coral' (the guide's domain adaptation page).",
             ConvergenceWarning,
-            stacklevel=4,
+            stacklevel=6,  # the caller of the estimator's fit
         )
 
 

@@ -328,10 +328,12 @@ class TestAlignmentLosses:
 
     def test_a_diverged_adversary_warns(self, domains):
         X, y, sample_domain, _ = domains
-        with pytest.warns(ConvergenceWarning, match=r"'dann' diverged: .* loss was 3\.\d\d"):
-            tiny(domain_adaptation="dann", lr=0.1, adaptation_weight=10.0).fit(
-                X, y, sample_domain=sample_domain
-            )
+        diverging = tiny(domain_adaptation="dann", lr=0.1, adaptation_weight=10.0)
+        with pytest.warns(
+            ConvergenceWarning, match=r"'dann' diverged: .* loss was 3\.\d\d"
+        ) as seen:
+            diverging.fit(X, y, sample_domain=sample_domain)
+        assert seen[0].filename == __file__  # points at the caller of fit
         with warnings.catch_warnings():
             warnings.simplefilter("error", ConvergenceWarning)
             tiny(domain_adaptation="dann").fit(X, y, sample_domain=sample_domain)
