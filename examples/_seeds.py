@@ -21,3 +21,9 @@ def mean_sd(values) -> str:
     values = list(values)
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+
+
+def per_seed(deltas) -> str:
+    """Paired differences, one per seed, and their mean: ``"+0.010, -0.002 (mean +0.004)"``."""
+    deltas = list(deltas)
+    return ", ".join(f"{d:+.3f}" for d in deltas) + f" (mean {statistics.mean(deltas):+.3f})"

