@@ -3,23 +3,41 @@
 Accepted inputs (shared by every estimator of sktransfer):
 
 - a numpy array of shape ``(n, h, w)`` (greyscale), ``(n, h, w, c)`` or ``(n, c, h, w)``
-  with ``c`` in {1, 3, 4};
+  with ``c`` in {1, 3, 4}. A 3-D array whose last axis is 1, 3 or 4, or whose first axis
+  is 3 or 4, could be one image without its batch axis and raises: add the batch axis
+  (``X[None]``) for one image, or a channel axis (``X[..., None]``) for a stack of
+  greyscale images;
 - a list or tuple of PIL images, or of numpy arrays ``(h, w)``, ``(h, w, c)``,
   ``(c, h, w)``, of any sizes;
 - a list, tuple, numpy array or pandas Series of file paths (``str`` or ``Path``), or a
-  one-column DataFrame of paths.
+  one-column DataFrame of paths;
+- a list or tuple of encoded image files held in memory: ``bytes``, ``bytearray`` or
+  binary file objects (anything with ``.read()``: ``io.BytesIO``, a web framework's
+  upload). A file object is read from where it stands and put back there when it can seek.
 
-Pixel scaling: integer arrays hold values in [0, 255]. Float arrays whose values all lie
-in [0, 1] are scaled by 255; float arrays with larger values are taken as already in
-[0, 255]. The rule is applied to the whole array (or to each image of a list), so a dark
-image never gets rescaled differently from a bright one. Anything else raises. Greyscale
-and RGBA (alpha dropped) become RGB. Files are opened only when their batch is needed.
+A list holds one kind of input only. Pixel scaling: integer arrays hold values in
+[0, 255]. Float arrays whose values all lie in [-0.01, 1.01] are [0, 1] images (the
+overshoot of resizing is clipped) and are scaled by 255; float arrays whose largest value
+is 2 or more are taken as already in [0, 255]. A largest float value between 1.01 and 2
+fits neither and raises. The rule is applied to the whole array (or to each image of a
+list), so a dark image never gets rescaled differently from a bright one. Anything else
+raises. Greyscale, palette, RGBA (alpha dropped) and every other mode become RGB.
+
+Files and encoded images are decoded only when their batch is needed. Cache keys: a hash
+of the pixels for in-memory images (the decoded RGB pixels for PIL images), a hash of the
+encoded bytes for ``bytes`` and file objects, and for files their absolute path, size and
+modification time, or with ``as_images(X, key="content")`` a hash of their bytes (for
+files rewritten in place that keep their size and modification time).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import inspect
+import io
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +47,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 _CHANNELS = (1, 3, 4)
+_OVERSHOOT = 0.01  # tolerated around [0, 1] for float images (resizing overshoots)
+_KEYS = ("stat", "content")
+_READ_LOCK = threading.Lock()  # file objects are read (and sought back) one at a time
+_CHUNK = 1 << 20
 
 
 class ImageSource:
@@ -84,7 +106,11 @@ class ArraySource(ImageSource):
 
 
 class ListSource(ImageSource):
-    """A list of in-memory images (PIL images or numpy arrays) of any sizes."""
+    """A list of in-memory images (PIL images or numpy arrays) of any sizes.
+
+    PIL images are keyed by their decoded RGB pixels, what is embedded: a palette image
+    and its RGB conversion share a key, two palette images with other palettes do not.
+    """
 
     def __init__(self, images: Sequence, kind: str):
         self.images = list(images)
@@ -105,44 +131,84 @@ class ListSource(ImageSource):
         return _pil_to_rgb(img, f"Image {i}")
 
     def key(self, i):
-        img = self.images[i]
         if self.kind == "array":
-            return _hash_array(img, f"{self.layouts[i]}|{self.scales[i]}")
-        digest = hashlib.blake2b(img.tobytes(), digest_size=16)
-        digest.update(f"{img.mode}|{img.size}".encode())
+            return _hash_array(self.images[i], f"{self.layouts[i]}|{self.scales[i]}")
+        rgb = self.load(i)
+        digest = hashlib.blake2b(rgb.tobytes(), digest_size=16)
+        digest.update(f"{rgb.size}".encode())
         return digest.digest()
 
 
+class EncodedSource(ImageSource):
+    """Encoded image files in memory (``bytes``, ``bytearray``) or binary file objects,
+    decoded lazily. Keys hash the encoded bytes, so the same upload twice is one key."""
+
+    def __init__(self, items: Sequence, kind: str):
+        self.items, self.kind = list(items), kind
+        self._unseekable = {}  # the bytes of file objects that cannot be read twice
+
+    def __len__(self):
+        return len(self.items)
+
+    def load(self, i):
+        data = self.encoded(i)
+        where = self._where(i, data)
+        if not data and self.kind == "file":
+            raise ValueError(
+                f"{where} is empty: nothing is left to read from its position. If it was "
+                "read before (to check or store it), seek(0) it first."
+            )
+        return _decode(io.BytesIO(data), where)
+
+    def key(self, i):
+        return _hash_bytes(self.encoded(i))
+
+    def encoded(self, i: int) -> bytes:
+        """The encoded bytes of image ``i``."""
+        item = self.items[i]
+        if self.kind == "bytes":
+            return item
+        if i in self._unseekable:
+            return self._unseekable[i]
+        data, seekable = _read_file_object(item, self._where(i))
+        if not seekable:
+            self._unseekable[i] = data
+        return data
+
+    def _where(self, i: int, data: bytes | None = None) -> str:
+        """``Image 3 (BytesIO 'upload.png', 120 bytes)``: type, name if any, size if read."""
+        item = self.items[i]
+        name = getattr(item, "name", None)
+        about = [type(item).__name__ + (f" {name!r}" if isinstance(name, str) else "")]
+        if data is not None:
+            about.append(f"{len(data)} bytes")
+        return f"Image {i} ({', '.join(about)})"
+
+
 class FileSource(ImageSource):
-    """Image files, opened lazily. Keys are (absolute path, size, modification time)."""
+    """Image files, opened lazily. Keys are (absolute path, size, modification time), or
+    with ``key="content"`` a hash of each file's bytes."""
 
     kind = "path"
 
-    def __init__(self, paths: Sequence):
+    def __init__(self, paths: Sequence, key: str = "stat"):
         self.paths = [os.fspath(p) for p in paths]
+        self.keyed_by = key
         self._keys = None
+        self._content_keys = {}
 
     def __len__(self):
         return len(self.paths)
 
     def load(self, i):
-        path = self.paths[i]
-        try:
-            with Image.open(path) as img:
-                img.load()
-                # high bit depths are checked by the array rule below, outside this try
-                decoded = img.copy() if img.mode in _HIGH_DEPTH_MODES else img.convert("RGB")
-        except FileNotFoundError as exc:
-            raise ValueError(f"Image {i} ({path!r}) does not exist.") from exc
-        except UnidentifiedImageError as exc:
-            raise ValueError(
-                f"Image {i} ({path!r}) is not an image file that PIL can decode."
-            ) from exc
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ValueError(f"Image {i} ({path!r}) is truncated or corrupt: {exc}") from exc
-        return _pil_to_rgb(decoded, f"Image {i} ({path!r})")
+        with self._open(i) as f:
+            return _decode(f, self._where(i))
 
     def key(self, i):
+        if self.keyed_by == "content":
+            if i not in self._content_keys:
+                self._content_keys[i] = self._hash_file(i)
+            return self._content_keys[i]
         if self._keys is None:
             self._keys = self._stat_keys()
         return self._keys[i]
@@ -150,15 +216,34 @@ class FileSource(ImageSource):
     def check_exist(self) -> None:
         self._keys = self._stat_keys()
 
+    def _where(self, i: int) -> str:
+        return f"Image {i} ({self.paths[i]!r})"
+
+    def _open(self, i: int):
+        try:
+            return open(self.paths[i], "rb")
+        except OSError as exc:
+            raise ValueError(f"{self._where(i)} {_path_problem(exc)}") from exc
+
+    def _hash_file(self, i: int) -> bytes:
+        digest = hashlib.blake2b(digest_size=16)
+        with self._open(i) as f:
+            try:
+                for chunk in iter(lambda: f.read(_CHUNK), b""):
+                    digest.update(chunk)
+            except OSError as exc:
+                raise ValueError(f"{self._where(i)} {_path_problem(exc)}") from exc
+        return digest.digest()
+
     def _stat_keys(self) -> list[bytes]:
         keys = []
         for i, path in enumerate(self.paths):
             try:
                 st = os.stat(path)
-            except FileNotFoundError as exc:
-                raise ValueError(f"Image {i} ({path!r}) does not exist.") from exc
+            except OSError as exc:
+                raise ValueError(f"{self._where(i)} {_path_problem(exc)}") from exc
             if not os.path.isfile(path):
-                raise ValueError(f"Image {i} ({path!r}) is not a file.")
+                raise ValueError(f"{self._where(i)} is not a file.")
             keys.append(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode())
         return keys
 
@@ -166,11 +251,23 @@ class FileSource(ImageSource):
 # --------------------------------------------------------------------------- as_images
 
 
-def as_images(X) -> ImageSource:
+def as_images(X, key: str = "stat") -> ImageSource:
     """Validate ``X`` and wrap it in an :class:`ImageSource`.
 
-    Nothing is decoded yet; files are only checked to exist.
+    Nothing is decoded yet and no file object is read; files are only checked to exist
+    (stat'ed).
+
+    Parameters
+    ----------
+    X : images
+        Any accepted input (see the module docstring).
+    key : {"stat", "content"}, default="stat"
+        How files are keyed in the embedding cache: by absolute path, size and
+        modification time, or by a hash of their bytes (read in full, once per file, when
+        the key is first needed). Other inputs are always keyed by content.
     """
+    if key not in _KEYS:
+        raise ValueError(f"key must be 'stat' or 'content', got {key!r}.")
     if isinstance(X, ImageSource):
         return X
     X = _unwrap_pandas(X)
@@ -178,41 +275,52 @@ def as_images(X) -> ImageSource:
         if X.size == 0 or len(X) == 0:
             raise ValueError("Expected at least one image, got an empty array.")
         return ArraySource(X)
-    if isinstance(X, str | os.PathLike | Image.Image):
+    if isinstance(X, str | os.PathLike | Image.Image | bytes | bytearray) or _is_file(X):
         raise TypeError(
             f"Expected a collection of images, got a single {type(X).__name__}. "
             "Wrap it in a list: [image]."
         )
     if isinstance(X, np.ndarray):
-        if X.ndim != 1:
-            raise ValueError(
-                f"Expected a 1-D array of file paths, got an array of shape {X.shape}."
-            )
-        X = X.tolist()
+        X = _array_of_paths(X)
     if not isinstance(X, list | tuple):
         raise TypeError(
             f"Unsupported input type {type(X).__name__}. Expected a numpy array of images "
-            "(n, h, w[, c]) or (n, c, h, w), a list of PIL images or arrays, or a list, "
-            "Series or one-column DataFrame of file paths."
+            "(n, h, w[, c]) or (n, c, h, w), a list of PIL images or arrays, a list, "
+            "Series or one-column DataFrame of file paths, or a list of encoded images "
+            "(bytes or file objects)."
         )
     if len(X) == 0:
         raise ValueError("Expected at least one image, got an empty list.")
-    kinds = [_element_kind(x, i) for i, x in enumerate(X)]
-    first = kinds[0]
-    for i, kind in enumerate(kinds):
-        if kind != first:
-            raise TypeError(
-                f"Mixed input types: element 0 is {_KIND_NAMES[first]} but element {i} is "
-                f"{_KIND_NAMES[kind]}. Pass only file paths, only PIL images or only arrays."
-            )
-    if first == "path":
-        source = FileSource(X)
+    kind = _list_kind(X)
+    if kind == "path":
+        source = FileSource(X, key=key)
         source.check_exist()  # every file is stat'ed now (its cache key), none is opened
         return source
-    return ListSource(X, first)
+    if kind in ("bytes", "file"):
+        return EncodedSource(X, kind)
+    return ListSource(X, kind)
 
 
-_KIND_NAMES = {"path": "a file path", "pil": "a PIL image", "array": "a numpy array"}
+_KIND_NAMES = {
+    "path": "a file path",
+    "pil": "a PIL image",
+    "array": "a numpy array",
+    "bytes": "encoded image bytes",
+    "file": "a file object",
+}
+
+
+def _list_kind(X: Sequence) -> str:
+    """The one kind of every element of ``X``, or raise if they mix kinds."""
+    kinds = [_element_kind(x, i) for i, x in enumerate(X)]
+    for i, kind in enumerate(kinds):
+        if kind != kinds[0]:
+            raise TypeError(
+                f"Mixed input types: element 0 is {_KIND_NAMES[kinds[0]]} but element {i} "
+                f"is {_KIND_NAMES[kind]}. Pass images of one kind only: file paths, PIL "
+                "images, arrays, encoded bytes or file objects."
+            )
+    return kinds[0]
 
 
 def _element_kind(x, i: int) -> str:
@@ -222,10 +330,30 @@ def _element_kind(x, i: int) -> str:
         return "pil"
     if isinstance(x, np.ndarray):
         return "array"
+    if isinstance(x, bytes | bytearray):
+        return "bytes"
+    if _is_file(x):
+        return "file"
     raise TypeError(
         f"Element {i} has unsupported type {type(x).__name__}. Expected a file path "
-        "(str or Path), a PIL image or a numpy array."
+        "(str or Path), a PIL image, a numpy array, encoded image bytes (bytes, "
+        "bytearray) or a binary file object (with a read() method)."
     )
+
+
+def _is_file(x) -> bool:
+    return callable(getattr(x, "read", None))
+
+
+def _array_of_paths(X: np.ndarray) -> list:
+    if X.dtype.kind == "S":
+        raise TypeError(
+            "Got a numpy array of bytes (dtype S): numpy drops their trailing zero bytes, "
+            "which corrupts encoded images. Pass a list of bytes objects instead."
+        )
+    if X.ndim != 1:
+        raise ValueError(f"Expected a 1-D array of file paths, got an array of shape {X.shape}.")
+    return X.tolist()
 
 
 def _unwrap_pandas(X):
@@ -240,6 +368,9 @@ def _unwrap_pandas(X):
             )
         X = X.iloc[:, 0]
     return X.tolist()
+
+
+# ------------------------------------------------------------------ layouts and pixels
 
 
 def _layout(shape) -> str | None:
@@ -260,6 +391,8 @@ def _stack_layout(X: np.ndarray) -> str:
             f"Expected an array of images with 3 dimensions (n, h, w) or 4 dimensions "
             f"(n, h, w, c) / (n, c, h, w); got {X.ndim} dimensions, shape {X.shape}."
         )
+    if X.ndim == 3:
+        _check_unambiguous_stack(X.shape)
     layout = _layout(X.shape[1:])
     if layout is None:
         raise ValueError(
@@ -267,6 +400,26 @@ def _stack_layout(X: np.ndarray) -> str:
             "(n, h, w, c) or (n, c, h, w) with c in {1, 3, 4}."
         )
     return layout
+
+
+def _check_unambiguous_stack(shape: tuple) -> None:
+    """Raise if a 3-D array may be one image without its batch axis rather than a stack
+    of greyscale images: its last axis is 1, 3 or 4 (h, w, c) or its first 3 or 4 (c, h, w)."""
+    n, h, w = shape
+    colour = {1: "greyscale", 3: "colour", 4: "RGBA"}
+    readings = []
+    if w in _CHANNELS:
+        readings.append(f"one {colour[w]} image (h, w, c) of {n}x{h}")
+    if n in (3, 4):
+        readings.append(f"one {colour[n]} image (c, h, w) of {h}x{w}")
+    if not readings:
+        return
+    raise ValueError(
+        f"Ambiguous array of shape {shape}: it reads as {' or '.join(readings)} without "
+        f"its batch axis, or as {n} greyscale images of {h}x{w}. If it is one image, add "
+        f"the batch axis: X[None] (or pass [X]). If it is {n} greyscale images, add a "
+        "channel axis to make the stack unambiguous: X[..., None]."
+    )
 
 
 def _image_layout(img: np.ndarray, i: int) -> str:
@@ -290,14 +443,22 @@ def _pixel_scale(X: np.ndarray, where: str) -> float:
     if X.dtype.kind == "f":
         finite = np.isfinite(X)
         if not finite.all():
-            bad = np.argwhere(~finite)[0]
             raise ValueError(
                 f"{where} contains NaN or infinite pixel values (first at index "
-                f"{tuple(int(b) for b in bad)}). Replace or drop those images."
+                f"{_index(np.argwhere(~finite)[0])}). Replace or drop those images."
             )
     lo, hi = float(X.min()), float(X.max())
-    if X.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
-        return 255.0
+    if X.dtype.kind == "f" and lo >= -_OVERSHOOT:
+        if hi <= 1.0 + _OVERSHOOT:
+            return 255.0
+        if hi < 2.0:
+            raise ValueError(
+                f"{where} has float pixel values in [{lo:g}, {hi:g}] (the largest at index "
+                f"{_index(np.unravel_index(np.argmax(X), X.shape))}): too large for a [0, 1] "
+                f"image, even allowing {_OVERSHOOT:g} of resizing overshoot, and too small "
+                "for a plausible [0, 255] image. If the images are in [0, 1], clip them: "
+                "np.clip(X, 0, 1); if they are in [0, 255], convert them to uint8."
+            )
     if lo >= 0.0 and hi <= 255.0:
         return 1.0
     kind = "float" if X.dtype.kind == "f" else "integer"
@@ -306,6 +467,10 @@ def _pixel_scale(X: np.ndarray, where: str) -> float:
         + (" or, for floats, [0, 1]" if kind == "float" else "")
         + ". Rescale the images first."
     )
+
+
+def _index(index) -> tuple:
+    return tuple(int(k) for k in index)
 
 
 def _to_pil(img: np.ndarray, layout: str, scale: float) -> Image.Image:
@@ -321,18 +486,89 @@ def _to_pil(img: np.ndarray, layout: str, scale: float) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+# ------------------------------------------------------------------- decoding and keys
+
+
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 def _pil_to_rgb(img: Image.Image, where: str) -> Image.Image:
     """RGB from any PIL mode. 16-bit, 32-bit and float images follow the array rule
     (PIL's own conversion would clip them to 255 silently)."""
-    if img.mode == "RGB":
-        return img
     if img.mode in _HIGH_DEPTH_MODES:
         pixels = np.asarray(img)
         return _to_pil(pixels, "hw", _pixel_scale(pixels, where=where))
-    return img.convert("RGB")
+    try:
+        img.load()  # a lazily opened PIL image fails here, not inside the model's transform
+        return img if img.mode == "RGB" else img.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(
+            f"{where} (a PIL image of mode {img.mode}) cannot be decoded to RGB: {exc}. Check the file "
+            "it was opened from, or pass it converted: image.convert('RGB')."
+        ) from exc
+
+
+def _decode(fp, where: str) -> Image.Image:
+    """The RGB image of an open binary file; every error names ``where``."""
+    try:
+        with Image.open(fp) as img:
+            img.load()
+            # high bit depths are checked by the array rule below, outside this try
+            decoded = img.copy() if img.mode in _HIGH_DEPTH_MODES else img.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise ValueError(
+            f"{where} is too large to decode safely: {exc} If you trust it, raise PIL's "
+            "limit first: PIL.Image.MAX_IMAGE_PIXELS = <pixels> (None disables the check)."
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise ValueError(f"{where} is not an image file PIL can decode.") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"{where} is truncated or corrupt: {exc}") from exc
+    return _pil_to_rgb(decoded, where)
+
+
+def _path_problem(exc: OSError) -> str:
+    """What an OSError from stat or open says about a path: the end of a sentence."""
+    if isinstance(exc, FileNotFoundError):
+        return "does not exist."
+    if exc.errno == errno.ELOOP:
+        return (
+            "is a symbolic link loop (too many levels of symbolic links). Point the link "
+            "at a real file or drop it."
+        )
+    if isinstance(exc, PermissionError):
+        return "cannot be read: permission denied. Check the file's permissions."
+    return f"cannot be read: {exc.strerror or exc}."
+
+
+def _read_file_object(f, where: str) -> tuple[bytes, bool]:
+    """Everything ``f`` holds from where it stands, and whether it could be put back there."""
+    with _READ_LOCK:
+        try:
+            seekable = f.seekable() if callable(getattr(f, "seekable", None)) else False
+            start = f.tell() if seekable else None
+            data = f.read()
+            if seekable:
+                f.seek(start)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{where} cannot be read: {str(exc).rstrip('.')}.") from exc
+    if inspect.iscoroutine(data):
+        data.close()
+        raise TypeError(
+            f"{where} has an asynchronous read() (such as FastAPI's UploadFile). Pass the "
+            "bytes of `await upload.read()`, or its synchronous file `upload.file`."
+        )
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(
+            f"{where} gave {type(data).__name__} from read(), expected bytes. Open the "
+            "file in binary mode ('rb')."
+        )
+    return bytes(data), seekable
+
+
+def _hash_bytes(data: bytes) -> bytes:
+    """The content key of encoded bytes (the same for a file keyed by content)."""
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def _hash_array(img: np.ndarray, tag: str) -> bytes:

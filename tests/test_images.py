@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
 import re
 from pathlib import Path
 
@@ -12,7 +15,14 @@ import torch
 from conftest import assert_same_embedding, make_images, tiny_extractor
 from PIL import Image
 
-from sktransfer._images import FileSource, ImageSource, as_images, iter_batches
+from sktransfer._images import (
+    _KEYS,
+    EncodedSource,
+    FileSource,
+    ImageSource,
+    as_images,
+    iter_batches,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -89,7 +99,7 @@ class TestSamePictureSameEmbedding:
         ],
     )
     def test_greyscale_forms(self, fitted, convert):
-        grey = make_images(3, channels=None, seed=3)
+        grey = make_images(5, channels=None, seed=3)  # (3, h, w) would be ambiguous
         np.testing.assert_array_equal(fitted.transform(convert(grey)), fitted.transform(grey))
 
     def test_files_of_each_mode_match_their_decoded_arrays(self, fitted, image_files):
@@ -342,3 +352,417 @@ class TestLazyDecoding:
         monkeypatch.setattr(type(extractor), "_forward", recording_forward)
         extractor.transform(pngs)
         assert at_forward == [(2, 2), (4, 2), (6, 2)]
+
+
+class TestAmbiguousStacks:
+    @pytest.mark.parametrize(
+        ("shape", "reading"),
+        [
+            ((32, 32, 3), r"one colour image \(h, w, c\) of 32x32"),
+            ((32, 32, 4), r"one RGBA image \(h, w, c\) of 32x32"),
+            ((32, 32, 1), r"one greyscale image \(h, w, c\) of 32x32"),
+            ((3, 32, 32), r"one colour image \(c, h, w\) of 32x32"),
+            ((4, 32, 32), r"one RGBA image \(c, h, w\) of 32x32"),
+            ((3, 8, 3), r"one colour image \(h, w, c\) of 3x8 or one colour image \(c, h, w\)"),
+        ],
+    )
+    def test_one_image_without_batch_axis_raises(self, shape, reading):
+        n, h, w = shape
+        with pytest.raises(ValueError) as info:
+            as_images(np.zeros(shape, dtype=np.uint8))
+        message = str(info.value)
+        assert f"Ambiguous array of shape {shape}" in message
+        assert re.search(reading, message)
+        assert f"or as {n} greyscale images of {h}x{w}" in message
+        assert "add the batch axis: X[None] (or pass [X])" in message
+        assert "add a channel axis to make the stack unambiguous: X[..., None]" in message
+
+    def test_fit_and_transform_raise(self, fitted):
+        X = make_images(1, 32, 32)[0]  # (32, 32, 3): one colour image, no batch axis
+        with pytest.raises(ValueError, match="Ambiguous array"):
+            fitted.transform(X)
+        with pytest.raises(ValueError, match="Ambiguous array"):
+            tiny_extractor().fit(X)
+
+    def test_both_fixes_work(self, fitted):
+        image = make_images(1, 32, 32, seed=30)[0]
+        np.testing.assert_array_equal(fitted.transform(image[None]), fitted.transform([image]))
+        grey = make_images(3, 32, 32, channels=None, seed=31)
+        assert fitted.transform(grey[..., None]).shape == (3, fitted.n_features_out_)
+
+    @pytest.mark.parametrize("shape", [(5, 32, 32), (1, 8, 8), (2, 40, 48)])
+    def test_unambiguous_greyscale_stacks_still_work(self, fitted, shape):
+        grey = np.random.default_rng(32).integers(0, 256, shape, dtype=np.uint8)
+        out = fitted.transform(grey)
+        assert out.shape == (shape[0], fitted.n_features_out_)
+        np.testing.assert_array_equal(out, fitted.transform(grey[..., None]))
+
+    def test_lists_of_single_images_are_not_affected(self, fitted):
+        image = make_images(1, 32, 32, seed=33)[0]
+        assert fitted.transform([image, np.moveaxis(image, -1, 0)]).shape[0] == 2
+
+
+class TestFloatRange:
+    @pytest.mark.parametrize(("value", "clipped"), [(1.0001, 255), (-0.004, 0)])
+    def test_tiny_overshoot_is_a_zero_one_image_clipped(self, fitted, images, value, clipped):
+        # Before: 1.0001 made the array a [0, 255] one (every image embedded as black);
+        # -0.004 raised.
+        X = images / 255.0
+        X[1, 0, 0, 0] = value  # a resize (bicubic, Lanczos) overshoots [0, 1] a little
+        expected = images.copy()
+        expected[1, 0, 0, 0] = clipped
+        np.testing.assert_array_equal(fitted.transform(X), fitted.transform(expected))
+
+    @pytest.mark.parametrize("edge", [1.01, -0.01])
+    def test_overshoot_edges_are_tolerated(self, edge):
+        X = np.full((1, 8, 8), 0.5)
+        X[0, 0, 0] = edge
+        source = as_images(X)
+        assert source.scale == 255.0
+        assert np.asarray(source.load(0))[0, 0, 0] == (255 if edge > 1 else 0)
+
+    @pytest.mark.parametrize("convert", [np.asarray, list], ids=["array", "list"])
+    def test_max_between_one_and_two_is_ambiguous(self, images, convert):
+        X = images[:2] / 255.0
+        X[1, 3, 4, 2] = 1.5
+        where = "the input array" if convert is np.asarray else "image 1"
+        index = r"\(1, 3, 4, 2\)" if convert is np.asarray else r"\(3, 4, 2\)"
+        with pytest.raises(ValueError) as info:
+            as_images(convert(X))
+        message = str(info.value)
+        assert message.startswith(f"{where} has float pixel values in [0, 1.5]")
+        assert re.search(rf"largest at index {index}", message)
+        assert "too large for a [0, 1] image, even allowing 0.01 of resizing overshoot" in message
+        assert "clip them: np.clip(X, 0, 1)" in message
+        assert "convert them to uint8" in message
+
+    def test_max_of_two_or_more_is_zero_to_255(self, fitted):
+        X = np.zeros((1, 8, 8, 3))
+        X[0, 0, 0] = 2.0
+        np.testing.assert_array_equal(fitted.transform(X), fitted.transform(X.astype(np.uint8)))
+        assert as_images(X).scale == 1.0
+
+    def test_large_negative_values_still_raise(self):
+        X = np.full((1, 8, 8), 0.5)
+        X[0, 0, 0] = -0.02
+        with pytest.raises(ValueError, match=r"float pixel values in \[-0.02, 0.5\]"):
+            as_images(X)
+
+    def test_float_pil_image_follows_the_rule(self):
+        img = Image.fromarray(np.full((8, 8), 1.5, dtype=np.float32), mode="F")
+        with pytest.raises(ValueError, match=r"Image 0 has float pixel values in \[1.5, 1.5\]"):
+            as_images([img]).load(0)
+
+
+def palette_image(indices, palette):
+    img = Image.fromarray(indices, mode="P")
+    img.putpalette([c for colour in palette for c in colour])
+    return img
+
+
+class TestPILKeys:
+    INDICES = (np.arange(64).reshape(8, 8) % 3).astype(np.uint8)
+
+    def test_palettes_are_part_of_the_key(self):
+        a = palette_image(self.INDICES, [(0, 0, 0), (255, 0, 0), (0, 255, 0)])
+        b = palette_image(self.INDICES, [(0, 0, 0), (0, 0, 255), (9, 9, 9)])
+        source = as_images([a, b])
+        assert source.key(0) != source.key(1)
+
+    def test_key_is_the_decoded_rgb_pixels(self):
+        # What is embedded is the RGB image: any mode that decodes to the same RGB pixels
+        # shares its key, and nothing else (mode, palette, alpha) enters it.
+        rgb = np.random.default_rng(34).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        grey = rgb[..., 0]
+        alpha = np.full((8, 8, 1), 7, dtype=np.uint8)
+        palette = [(0, 0, 0), (255, 0, 0), (0, 255, 0)]
+        pairs = [
+            (Image.fromarray(grey, mode="L"), Image.fromarray(np.stack([grey] * 3, -1))),
+            (Image.fromarray(np.concatenate([rgb, alpha], -1)), Image.fromarray(rgb)),
+            (
+                palette_image(self.INDICES, palette),
+                palette_image(self.INDICES, palette).convert("RGB"),
+            ),
+        ]
+        for one, other in pairs:
+            assert as_images([one]).key(0) == as_images([other]).key(0), one.mode
+
+    def test_size_is_part_of_the_key(self):
+        row = Image.fromarray(np.zeros((1, 8, 3), np.uint8))
+        column = Image.fromarray(np.zeros((8, 1, 3), np.uint8))
+        assert as_images([row]).key(0) != as_images([column]).key(0)
+
+
+class TestPILErrors:
+    def test_lazily_opened_truncated_image_names_its_index(self, fitted, images, tmp_path):
+        path = tmp_path / "cut.png"
+        Image.fromarray(make_images(1, 64, 64, seed=8)[0]).save(path)
+        path.write_bytes(path.read_bytes()[:300])
+        with Image.open(path) as cut:  # opened, not decoded: PIL decodes on first use
+            with pytest.raises(
+                ValueError, match=r"Image 1 \(a PIL image of mode RGB\) cannot be decoded to RGB"
+            ):
+                fitted.transform([Image.fromarray(images[0]), cut])
+
+
+class TestUnsafeFiles:
+    def test_decompression_bomb(self, fitted, pngs, tmp_path, monkeypatch):
+        path = tmp_path / "huge.png"
+        Image.fromarray(make_images(1, 128, 128, seed=35)[0]).save(path)
+        # 128 x 128 is over twice the limit (an error), the 48 x 40 pngs under it
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)
+        with pytest.raises(
+            ValueError,
+            match=rf"Image 1 \({re.escape(repr(str(path)))}\) is too large to decode safely: "
+            r".*16384 pixels.* PIL\.Image\.MAX_IMAGE_PIXELS = <pixels> \(None disables",
+        ):
+            fitted.transform([pngs[0], path])
+
+    def test_decompression_bomb_in_bytes(self, tmp_path, monkeypatch):
+        buffer = io.BytesIO()
+        Image.fromarray(make_images(1, 64, 64, seed=35)[0]).save(buffer, format="PNG")
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+        with pytest.raises(
+            ValueError, match=r"Image 0 \(bytes, \d+ bytes\) is too large.*MAX_IMAGE_PIXELS"
+        ):
+            as_images([buffer.getvalue()]).load(0)
+
+    @pytest.fixture
+    def loop(self, tmp_path):
+        a, b = tmp_path / "a.png", tmp_path / "b.png"
+        os.symlink(a, b)
+        os.symlink(b, a)
+        return a
+
+    def test_symlink_loop_in_a_list_of_paths(self, pngs, loop):
+        with pytest.raises(
+            ValueError,
+            match=rf"Image 1 \({re.escape(repr(str(loop)))}\) is a symbolic link loop .*"
+            r"Point the link at a real file or drop it",
+        ):
+            as_images([pngs[0], loop])
+
+    def test_symlink_loop_when_opened(self, loop):
+        # A link that turns into a loop after the existence check: the same message.
+        with pytest.raises(ValueError, match=r"Image 0 .*a\.png.* is a symbolic link loop"):
+            FileSource([loop]).load(0)
+
+
+class Unseekable:
+    """A stream that can be read once, like a socket or a pipe (no seek, no tell)."""
+
+    def __init__(self, data):
+        self._buffer = io.BytesIO(data)
+
+    def read(self, *args):
+        return self._buffer.read(*args)
+
+
+class TestEncodedImages:
+    @pytest.mark.parametrize(
+        "wrap",
+        [
+            pytest.param(lambda d: d, id="bytes"),
+            pytest.param(bytearray, id="bytearray"),
+            pytest.param(io.BytesIO, id="BytesIO"),
+            pytest.param(Unseekable, id="unseekable"),
+        ],
+    )
+    @pytest.mark.parametrize("container", [list, tuple])
+    def test_same_embedding_as_the_array(self, fitted, pngs, reference, wrap, container):
+        X = container(wrap(p.read_bytes()) for p in pngs)
+        np.testing.assert_array_equal(fitted.transform(X), reference)
+
+    def test_open_file_objects(self, fitted, pngs, reference):
+        files = [open(p, "rb") for p in pngs]
+        try:
+            np.testing.assert_array_equal(fitted.transform(files), reference)
+        finally:
+            for f in files:
+                f.close()
+
+    def test_file_object_is_read_from_and_put_back_where_it_stands(self, pngs):
+        upload = io.BytesIO(b"header" + pngs[0].read_bytes())
+        upload.seek(6)
+        source = as_images([upload])
+        source.key(0)
+        decoded = np.asarray(source.load(0))
+        assert upload.tell() == 6
+        with Image.open(pngs[0]) as img:
+            np.testing.assert_array_equal(decoded, np.asarray(img))
+
+    def test_one_file_object_shared_by_worker_threads(self, pngs, tiny_checkpoint):
+        upload = io.BytesIO(pngs[0].read_bytes())
+        extractor = tiny_extractor(weights=tiny_checkpoint, batch_size=1, num_workers=2).fit()
+        out = extractor.transform([upload] * 8)  # read, sought back, read again, in threads
+        assert upload.tell() == 0
+        for row in out[1:]:
+            assert_same_embedding(row, out[0])
+
+    def test_nothing_is_read_or_decoded_until_needed(self, pngs, monkeypatch):
+        reads, opened = [], []
+        upload = io.BytesIO(pngs[0].read_bytes())
+        monkeypatch.setattr(upload, "read", lambda *a: reads.append(a) or b"")
+        monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a))
+        as_images([upload])
+        as_images([pngs[0].read_bytes()])
+        assert reads == [] and opened == []
+
+    def test_keyed_by_content(self, pngs):
+        data = pngs[0].read_bytes()
+        keys = {
+            as_images([data]).key(0),
+            as_images([bytearray(data)]).key(0),
+            as_images([io.BytesIO(data)]).key(0),
+            as_images([Unseekable(data)]).key(0),
+            hashlib.blake2b(data, digest_size=16).digest(),
+        }
+        assert len(keys) == 1
+        assert as_images([pngs[1].read_bytes()]).key(0) not in keys
+
+    def test_the_same_upload_twice_hits_the_cache(
+        self, pngs, tiny_checkpoint, tmp_path, monkeypatch
+    ):
+        extractor = tiny_extractor(weights=tiny_checkpoint, memory=tmp_path).fit()
+        first = extractor.transform([io.BytesIO(p.read_bytes()) for p in pngs[:2]])
+        loads, original = [], EncodedSource.load
+        monkeypatch.setattr(
+            EncodedSource, "load", lambda self, i: loads.append(i) or original(self, i)
+        )
+        again = extractor.transform([io.BytesIO(p.read_bytes()) for p in pngs[:3]])
+        assert loads == [2]  # new file objects, same bytes: only the third is decoded
+        np.testing.assert_array_equal(again[:2], first)
+
+    def test_undecodable_bytes_name_the_index(self, fitted, pngs):
+        X = [p.read_bytes() for p in pngs[:3]] + [b"x" * 120]
+        with pytest.raises(
+            ValueError, match=r"Image 3 \(bytes, 120 bytes\) is not an image file PIL can decode"
+        ):
+            fitted.transform(X)
+
+    def test_undecodable_upload_names_its_name(self, tmp_path):
+        path = tmp_path / "notes.png"
+        path.write_bytes(b"not an image")
+        with (
+            open(path, "rb") as f,
+            pytest.raises(
+                ValueError,
+                match=rf"Image 0 \(BufferedReader {re.escape(repr(str(path)))}, 12 bytes\) is not "
+                "an image file",
+            ),
+        ):
+            as_images([f]).load(0)
+
+    def test_truncated_bytes(self, pngs):
+        data = pngs[0].read_bytes()
+        with pytest.raises(
+            ValueError, match=r"Image 0 \(bytes, \d+ bytes\) is truncated or corrupt"
+        ):
+            as_images([data[: len(data) // 2]]).load(0)
+
+    def test_already_read_upload_says_to_seek_back(self, pngs):
+        upload = io.BytesIO(pngs[0].read_bytes())
+        upload.read()
+        with pytest.raises(ValueError, match=r"Image 0 \(BytesIO, 0 bytes\) is empty.*seek\(0\)"):
+            as_images([upload]).load(0)
+
+    def test_text_mode_file(self, tmp_path):
+        path = tmp_path / "a.txt"
+        path.write_text("text")
+        with open(path) as f, pytest.raises(TypeError, match=r"Image 0 .*binary mode \('rb'\)"):
+            as_images([f]).key(0)
+
+    def test_asynchronous_upload(self):
+        class AsyncUpload:
+            async def read(self):
+                return b""
+
+        with pytest.raises(TypeError, match=r"Image 0 \(AsyncUpload\) has an asynchronous read"):
+            as_images([AsyncUpload()]).key(0)
+
+    def test_closed_file_object(self):
+        upload = io.BytesIO(b"data")
+        upload.close()
+        with pytest.raises(
+            ValueError,
+            match=r"^Image 0 \(BytesIO\) cannot be read: I/O operation on closed file\.$",
+        ):
+            as_images([upload]).key(0)
+
+    @pytest.mark.parametrize("single", [b"\x89PNG", bytearray(b"\x89PNG"), io.BytesIO(b"")])
+    def test_single_encoded_image_not_in_a_list(self, single):
+        with pytest.raises(TypeError, match=r"single .* Wrap it in a list: \[image\]"):
+            as_images(single)
+
+    def test_kinds_do_not_mix(self, pngs):
+        with pytest.raises(
+            TypeError, match="element 0 is encoded image bytes but element 1 is a file path"
+        ):
+            as_images([pngs[0].read_bytes(), pngs[0]])
+        with pytest.raises(TypeError, match="element 0 is a file object but element 1 is encoded"):
+            as_images([io.BytesIO(b""), b""])
+
+    def test_numpy_array_of_bytes_is_refused(self, pngs):
+        with pytest.raises(TypeError, match="dtype S.*Pass a list of bytes objects"):
+            as_images(np.array([pngs[0].read_bytes()]))
+
+    def test_object_array_and_series_of_bytes(self, pngs):
+        data = [p.read_bytes() for p in pngs[:2]]
+        for X in (np.array(data + [None], dtype=object)[:2], pd.Series(data)):
+            source = as_images(X)
+            assert source.key(1) == as_images([data[1]]).key(0)
+
+
+def write_bmp(path, seed):
+    """A BMP file: its size depends only on the image size, not on the pixels."""
+    Image.fromarray(make_images(1, 16, 16, seed=seed)[0]).save(path, format="BMP")
+
+
+class TestContentKeys:
+    def test_files_rewritten_in_place(self, tmp_path):
+        paths = [tmp_path / "a.bmp", tmp_path / "b.bmp"]
+        for seed, path in enumerate(paths):
+            write_bmp(path, seed)
+        before = {key: [as_images(paths, key=key).key(i) for i in (0, 1)] for key in _KEYS}
+        for seed, path in enumerate(paths):
+            stat = path.stat()
+            write_bmp(path, seed + 10)  # new pixels, same size
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+            assert path.stat().st_size == stat.st_size
+        after = {key: [as_images(paths, key=key).key(i) for i in (0, 1)] for key in _KEYS}
+        assert after["stat"] == before["stat"]
+        assert after["content"][0] != before["content"][0]
+        assert after["content"][1] != before["content"][1]
+
+    def test_content_key_is_the_hash_of_the_bytes(self, pngs):
+        source = as_images(pngs, key="content")
+        assert source.key(2) == hashlib.blake2b(pngs[2].read_bytes(), digest_size=16).digest()
+        assert source.key(2) == as_images([pngs[2].read_bytes()]).key(0)
+        assert source.key(2) != source.key(1)
+
+    def test_default_is_stat(self, pngs):
+        assert as_images(pngs).key(0) == as_images(pngs, key="stat").key(0)
+        assert str(Path(pngs[0]).resolve()).encode() in as_images(pngs).key(0)
+
+    def test_content_key_reads_no_file_until_asked(self, pngs, monkeypatch):
+        hashed = []
+        monkeypatch.setattr(FileSource, "_hash_file", lambda self, i: hashed.append(i))
+        source = as_images(pngs, key="content")
+        assert hashed == []
+        source.key(1)
+        assert hashed == [1]
+
+    def test_other_sources_ignore_it(self, images):
+        assert as_images(images, key="content").key(0) == as_images(images).key(0)
+
+    def test_file_gone_before_hashing(self, tmp_path):
+        path = tmp_path / "gone.bmp"
+        write_bmp(path, 0)
+        source = as_images([path], key="content")
+        path.unlink()
+        with pytest.raises(ValueError, match=r"Image 0 \('.*gone\.bmp'\) does not exist"):
+            source.key(0)
+
+    def test_unknown_key(self, pngs):
+        with pytest.raises(ValueError, match=r"key must be 'stat' or 'content', got 'mtime'"):
+            as_images(pngs, key="mtime")
