@@ -1,35 +1,93 @@
-"""Per-image embedding cache on a joblib ``Memory`` location.
+"""Per-image embedding cache: shards of plain arrays in a folder, bucketed by key.
 
-Each image is looked up by its own key (content hash for in-memory images; absolute path,
-size and modification time for files), inside a namespace that fingerprints everything
+Each image is looked up by its own key, inside a namespace that fingerprints everything
 else the embedding depends on: the model name, a hash of its weights, the preprocessing,
 the layer, the pooling and the precision. Change any of those and every lookup misses.
-
 The fine-tuner caches the output of its frozen bottom the same way (the layer names the
 cut point), and its pooled features under the very namespace of the extractor, so a
-probe and a head-only fine-tune share them.
+probe and a head-only fine-tune share them. Hashing a whole input array, as
+``Pipeline(memory=...)`` does, is never needed: a fold that contains images seen in any
+earlier fold pays only for the new ones.
 
-Embeddings are written in shards, one per ``transform`` call, with an atomic rename, so
-parallel cross-validation workers can share one cache folder safely. Hashing a whole
-input array, as ``Pipeline(memory=...)`` does, is never needed: a fold that contains
-images seen in any earlier fold pays only for the new ones.
+Layout. A namespace lives in ``<memory location>/sktransfer/embeddings/<digest>/``:
+``namespace.json`` (the namespace, for humans), a ``.lock`` file and bucket folders
+``00`` to ``ff``. A row is stored in the bucket of the first byte of its key's digest
+(16-byte blake2b of the key), in a shard: an ``.npz`` file of three plain arrays, the
+digests (``keys``, uint8 of shape (n, 16)), the ``rows`` (float32 of shape (n, ...)) and
+a ``checksum``. A lookup opens only the shards of the buckets of the keys asked, and a
+bucket holds few shards: once a size tier of a bucket (shards of 1-3 rows, 4-15, 16-63,
+...) counts 4 shards they are merged into one of the next tier (size-tiered compaction,
+so a row is rewritten about log4(rows per bucket) times, big shards rarely). Rows are
+stored as each batch finishes, so an error or Ctrl-C loses at most the batch in flight.
+Every file is written to a temporary name and renamed into place (``os.replace``), under
+a lock that parallel workers (cross-validation, grid searches) share; they look up again
+under the lock, so no row is computed twice.
+
+Trust model. A key says which image a row belongs to: for in-memory images a hash of
+their pixels (with dtype, shape, layout and pixel scale); for files, by default, their
+absolute path, size and modification time (a file rewritten in place with the same size
+and modification time would be served its old row), or, where the caller opts in, a
+hash of the file's bytes. The checksum of a shard (blake2b over
+its keys, the rows' dtype and shape and the row bytes, in that order) detects damage,
+truncation and reordered rows: a damaged, unreadable or foreign shard is skipped with a
+:class:`CacheIntegrityWarning`, its rows are recomputed, never served, and the file is
+renamed ``*.damaged`` when the folder is writable, so the warning does not come back.
+The checksum authenticates nothing: whoever can write into the folder can forge a
+shard, with a matching checksum, whose rows will be served, so the folder must be
+trusted for writing. Reading it never executes code, though: only ``.npz`` files inside
+bucket folders are read, with ``np.load(allow_pickle=False)``; nothing is unpickled.
+
+A read-only folder (a service mounting a cache) serves its hits; misses are computed and
+returned but not stored, with one :class:`CacheReadOnlyWarning`. Shards of earlier
+sktransfer versions (joblib pickles, ``*.joblib`` files next to ``namespace.json``) are
+ignored, never read: delete them to reclaim the space.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import uuid
+import warnings
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-import joblib
 import numpy as np
-from sklearn.utils.validation import check_memory
 
 from ._inference import empty_rows
+
+try:
+    import fcntl
+except ImportError:  # no POSIX locks (Windows): parallel workers may duplicate work
+    fcntl = None
+
+SHARD_SUFFIX = ".npz"
+DAMAGED_SUFFIX = ".damaged"
+DIGEST_SIZE = 16
+TIER_BASE = 4  # size tiers of shards: 1-3 rows, 4-15, 16-63, ...
+MERGE_AT = 4  # shards of one tier merged into one once there are this many
+_CHECKSUM = {"digest_size": 32, "person": b"sktransfer-rows1"}
+
+# (kind, folder or file) of the warnings already given in this process
+_warned: set[tuple[str, str]] = set()
+
+
+class CacheIntegrityWarning(UserWarning):
+    """A file of the embedding cache was damaged, unreadable or foreign: it was skipped
+    (its rows are recomputed, never served)."""
+
+
+class CacheReadOnlyWarning(UserWarning):
+    """The embedding cache folder cannot be written: hits are served, misses computed but
+    not stored."""
+
+
+class DamagedShard(Exception):
+    """A file in a bucket folder that is not a valid shard of this cache."""
 
 
 def cache_namespace(
@@ -53,14 +111,14 @@ class EmbeddingCache:
     Parameters
     ----------
     memory : str, path-like or joblib.Memory
-        Where to keep the cache. ``joblib.Memory(None)`` disables caching.
+        Where to keep the cache (only the location of a ``joblib.Memory`` is used).
+        ``joblib.Memory(None)`` disables caching.
     namespace : dict
         Everything besides the image that the embedding depends on (JSON-serialisable).
     """
 
     def __init__(self, memory, namespace: dict):
-        memory = check_memory(os.fspath(memory) if isinstance(memory, os.PathLike) else memory)
-        location = getattr(memory, "location", None)
+        location = memory_location(memory)
         self.enabled = location is not None
         self.namespace = namespace
         text = json.dumps(namespace, sort_keys=True, default=str)
@@ -68,81 +126,394 @@ class EmbeddingCache:
         self.folder = (
             Path(location) / "sktransfer" / "embeddings" / self.digest if location else None
         )
+        self._writable = None  # found out at the first store
 
-    def lookup(self, keys: list[bytes]) -> dict[bytes, np.ndarray]:
-        """The cached rows of ``keys`` that exist (a dict from key to 1-D array)."""
+    # ------------------------------------------------------------------ reading
+
+    def lookup(self, keys: list[bytes], read: set | None = None) -> dict[bytes, np.ndarray]:
+        """The cached rows of ``keys`` that exist (a dict from key to 1-D array).
+
+        Opens only the shards of the buckets of ``keys``, except those in ``read``
+        (shards never change once written, so a caller that already read them for
+        these keys skips them); adds the shards it opens to ``read``. Damaged shards
+        are set aside.
+        """
         if not self.enabled or not self.folder.is_dir():
             return {}
-        wanted = set(keys)
+        read = set() if read is None else read
+        wanted = defaultdict(dict)  # bucket -> {digest: key}
+        for key in set(keys):
+            digest = key_digest(key)
+            wanted[digest[0]][digest] = key
         found = {}
-        for shard in sorted(self.folder.glob("*.joblib")):
-            try:
-                data = joblib.load(shard)
-            except (OSError, EOFError, ValueError):  # a shard being written, or damaged
+        for bucket, digests in wanted.items():
+            for digest, row in self._lookup_bucket(bucket, digests, read).items():
+                found[digests[digest]] = row
+        return found
+
+    def _lookup_bucket(self, bucket: int, digests: dict, read: set) -> dict[bytes, np.ndarray]:
+        found = {}
+        for path in self._shards(bucket):
+            if path in read:
                 continue
-            for key, row in zip(data["keys"], data["rows"], strict=True):
-                if key in wanted:
-                    found[key] = row
-            if len(found) == len(wanted):
+            read.add(path)
+            try:
+                _, hits = read_shard(path, bucket, wanted=set(digests) - set(found))
+            except FileNotFoundError:  # merged away by another worker since the listing
+                continue
+            except DamagedShard as exc:
+                self._set_aside(path, exc)
+                continue
+            found.update(hits)
+            if len(found) == len(digests):
                 break
         return found
 
-    def store(self, keys: list[bytes], rows: np.ndarray) -> None:
-        if not self.enabled or not keys:
+    def _shards(self, bucket: int) -> list[str]:
+        return self._shards_in(self.folder, bucket)
+
+    @staticmethod
+    def _shards_in(folder, bucket: int) -> list[str]:
+        """The shard files of a bucket, the largest first (most likely to hold a key)."""
+        bucket_folder = os.path.join(folder, f"{bucket:02x}")
+        try:
+            names = os.listdir(bucket_folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        names = [n for n in names if n.endswith(SHARD_SUFFIX) and not n.startswith(".")]
+        names.sort(key=lambda name: -_n_rows(name))
+        return [os.path.join(bucket_folder, name) for name in names]
+
+    def _set_aside(self, path: str, reason: Exception) -> None:
+        """Warn about a damaged file and rename it, so that it is never read again."""
+        aside = path + DAMAGED_SUFFIX
+        try:
+            os.replace(path, aside)
+            fate = f"It was renamed {os.path.basename(aside)!r}."
+        except FileNotFoundError:  # another worker set it aside first
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        meta = self.folder / "namespace.json"
-        if not meta.exists():
-            meta.write_text(json.dumps(self.namespace, indent=2, sort_keys=True, default=str))
-        name = uuid.uuid4().hex
-        tmp = self.folder / f".{name}.tmp"
-        joblib.dump({"keys": list(keys), "rows": np.ascontiguousarray(rows)}, tmp)
-        os.replace(tmp, self.folder / f"{name}.joblib")
+        except OSError as exc:
+            fate = f"It could not be renamed aside ({exc}); delete it to silence this warning."
+        _warn_once(
+            "damaged",
+            path,
+            f"Skipped the embedding cache file {path!r}: {reason}. Its rows will be "
+            f"recomputed, never served from it. {fate}",
+            CacheIntegrityWarning,
+        )
+
+    # ------------------------------------------------------------------ writing
+
+    def store(self, keys: list[bytes], rows: np.ndarray) -> None:
+        """Store ``rows`` (one per key) under the lock; nothing when disabled or the
+        folder is read-only."""
+        if self.enabled and len(keys):
+            with self._lock(len(keys)):
+                self._store(keys, rows)
+
+    def _store(self, keys: list[bytes], rows: np.ndarray) -> None:
+        """Write one shard per bucket of ``keys`` and compact those buckets (the caller
+        holds the lock)."""
+        if not self._can_write(len(keys)):
+            return
+        by_bucket = defaultdict(dict)  # bucket -> {digest: row index}, first of repeats
+        for i, key in enumerate(keys):
+            digest = key_digest(key)
+            by_bucket[digest[0]].setdefault(digest, i)
+        try:
+            self._write_namespace()
+            for bucket, items in sorted(by_bucket.items()):
+                digests = np.frombuffer(b"".join(items), dtype=np.uint8).reshape(-1, DIGEST_SIZE)
+                self._write_shard(bucket, digests, np.asarray(rows[list(items.values())]))
+                self._compact(bucket)
+        except OSError as exc:
+            self._read_only(exc, len(keys))
+
+    def _can_write(self, n_rows: int) -> bool:
+        if self._writable is None:
+            existing = self.folder
+            while not existing.exists() and existing != existing.parent:
+                existing = existing.parent
+            self._writable = os.access(existing, os.W_OK | os.X_OK)
+            if not self._writable:
+                self._read_only(PermissionError(f"{existing} is not writable"), n_rows)
+        return self._writable
+
+    def _read_only(self, exc: OSError, n_rows: int) -> None:
+        self._writable = False
+        _warn_once(
+            "read-only",
+            str(self.folder),
+            f"The embedding cache folder {str(self.folder)!r} cannot be written ({exc}): "
+            f"cached rows are served, but the {n_rows} rows computed now (and later misses "
+            "in this folder) are not stored. Make the folder writable, or pass another "
+            "memory= folder, to cache them.",
+            CacheReadOnlyWarning,
+        )
+
+    def _write_namespace(self) -> None:
+        meta = os.path.join(self.folder, "namespace.json")
+        if not os.path.exists(meta):
+            os.makedirs(self.folder, exist_ok=True)
+            text = json.dumps(self.namespace, indent=2, sort_keys=True, default=str)
+            _atomic_write(meta, lambda f: f.write(text.encode()))
+
+    def _write_shard(self, bucket: int, digests: np.ndarray, rows: np.ndarray) -> str:
+        folder = os.path.join(self.folder, f"{bucket:02x}")
+        os.makedirs(folder, exist_ok=True)
+        rows = np.ascontiguousarray(rows)
+        path = os.path.join(folder, f"{len(digests)}-{uuid.uuid4().hex}{SHARD_SUFFIX}")
+        archive = io.BytesIO()  # a zip built in memory, then written at once: faster
+        np.savez(archive, keys=digests, rows=rows, checksum=shard_checksum(digests, rows))
+        _atomic_write(path, lambda f: f.write(archive.getbuffer()))
+        return path
+
+    def _compact(self, bucket: int) -> None:
+        """Merge the shards of the smallest size tier that has ``MERGE_AT`` of them,
+        until none has (the caller holds the lock)."""
+        while True:
+            tiers = defaultdict(list)
+            for path in self._shards(bucket):
+                tiers[_tier(_n_rows(os.path.basename(path)))].append(path)
+            full = [paths for _, paths in sorted(tiers.items()) if len(paths) >= MERGE_AT]
+            if not full or not self._merge(bucket, full[0]):
+                return
+
+    def _merge(self, bucket: int, paths: list[str]) -> bool:
+        """One shard from ``paths`` (damaged ones set aside); False if nothing changed."""
+        parts = []
+        for path in paths:
+            try:
+                parts.append(read_shard(path, bucket))
+            except FileNotFoundError:
+                continue
+            except DamagedShard as exc:
+                self._set_aside(path, exc)
+        if len({(rows.dtype, rows.shape[1:]) for _, rows in parts}) > 1:
+            return False  # rows of different shapes in one namespace: leave them be
+        if len(parts) > 1:
+            keys = np.concatenate([k for k, _ in parts])
+            rows = np.concatenate([r for _, r in parts])
+            _, first = np.unique(_as_void(keys), return_index=True)  # drop repeated keys
+            first.sort()
+            self._write_shard(bucket, keys[first], rows[first])
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+        return not all(os.path.exists(path) for path in paths)
+
+    # ------------------------------------------------------------------ both
 
     def rows(
         self, keys: list[bytes], compute: Callable, allocate: Callable = empty_rows
     ) -> np.ndarray:
         """The rows of ``keys``: cached ones looked up, the others computed once each by
-        ``compute(positions, allocate)`` (positions into ``keys``) and stored.
+        ``compute(positions, allocate, on_rows)`` (positions into ``keys``) and stored;
+        ``compute`` reports each finished batch to ``on_rows(index, rows)`` (index into
+        ``positions``), or returns rows it did not report, which are stored then.
 
-        Parallel workers sharing the folder take a lock while they compute, and look up
-        again under it, so no row is computed twice across a grid search.
+        Rows are stored as each batch finishes, so an exception keeps those computed
+        before it. Parallel workers
+        sharing the folder take a lock while they compute, and look up again under it,
+        so no row is computed twice across a grid search.
         """
-        found = self.lookup(keys)
+        read = set()
+        found = self.lookup(keys, read)
         missing = _first_positions(keys, found)
-        if missing and self.enabled:
-            with self._lock():
-                found.update(self.lookup([keys[i] for i in missing]))
+        if not missing and keys:
+            return _assemble(keys, found, allocate)
+        if not self.enabled or not keys:
+            return compute(np.arange(len(keys)), allocate, None)
+        with self._lock(len(missing)) as locked:
+            if locked:  # other workers may have stored rows meanwhile: read their shards
+                found.update(self.lookup([keys[i] for i in missing], read))
                 missing = _first_positions(keys, found)
-                if missing:
-                    rows = compute(np.array(missing, dtype=np.int64), allocate)
-                    new_keys = [keys[i] for i in missing]
-                    self.store(new_keys, rows)
-                    if len(missing) == len(keys):
-                        return rows  # computed in order, in the caller's array: no copy
-                    found.update(zip(new_keys, rows, strict=True))
-        elif missing:
-            return compute(np.arange(len(keys)), allocate)
-        shape = (len(keys), *next(iter(found.values())).shape)
-        out = allocate(shape)
-        for i, key in enumerate(keys):
-            out[i] = found[key]
-        return out
+            if missing:
+                new_keys = [keys[i] for i in missing]
+                rows = self._compute_and_store(compute, missing, new_keys, allocate)
+                if len(missing) == len(keys):
+                    return rows  # computed in order, in the caller's array: no copy
+                found.update(zip(new_keys, rows, strict=True))
+        return _assemble(keys, found, allocate)
+
+    def _compute_and_store(self, compute, missing, new_keys, allocate) -> np.ndarray:
+        stored = np.zeros(len(new_keys), dtype=bool)
+
+        def on_rows(index, batch):
+            self._store([new_keys[i] for i in index], batch)
+            stored[index] = True
+
+        rows = compute(np.array(missing, dtype=np.int64), allocate, on_rows)
+        rest = np.flatnonzero(~stored)  # rows that no batch loop reported
+        if len(rest):
+            self._store([new_keys[i] for i in rest], rows[rest])
+        return rows
 
     @contextlib.contextmanager
-    def _lock(self):
-        try:
-            import fcntl
-        except ImportError:  # no POSIX locks (Windows): workers may duplicate work
-            yield
+    def _lock(self, n_rows: int):
+        """Hold the folder's lock to store ``n_rows`` rows; yields False (no lock) where
+        none can be taken: a read-only folder, or no POSIX locks."""
+        handle = None
+        if fcntl is not None and self._can_write(n_rows):
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                handle = open(self.folder / ".lock", "a")  # noqa: SIM115 (closed below)
+            except OSError as exc:
+                self._read_only(exc, n_rows)
+        if handle is None:
+            yield False
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / ".lock", "a") as handle:
+        with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                yield
+                yield True
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def memory_location(memory) -> str | None:
+    """The folder of ``memory`` (a path, or a ``joblib.Memory`` whose location is used),
+    or None. Unlike ``check_memory``, creates nothing (the folder may be read-only)."""
+    if memory is None or isinstance(memory, str | os.PathLike):
+        return None if memory is None else os.fspath(memory)
+    if hasattr(memory, "cache"):
+        location = getattr(memory, "location", None)
+        return None if location is None else os.fspath(location)
+    raise ValueError(
+        f"memory={memory!r} is not valid: expected None, a folder (str or path-like) or a "
+        "joblib.Memory."
+    )
+
+
+# ---------------------------------------------------------------------- shards
+
+
+def count_rows(folder) -> int:
+    """How many distinct keys the sound shards of a namespace folder hold (for tests
+    and diagnostics; damaged shards are not counted, nor set aside)."""
+    digests = set()
+    for bucket in range(256):
+        for path in EmbeddingCache._shards_in(folder, bucket):
+            with contextlib.suppress(DamagedShard, FileNotFoundError):
+                keys, _ = read_shard(path, bucket)
+                digests.update(k.tobytes() for k in keys)
+    return len(digests)
+
+
+def key_digest(key: bytes) -> bytes:
+    """The fixed-width digest that a shard stores for ``key``; its first byte is the
+    key's bucket."""
+    return hashlib.blake2b(key, digest_size=DIGEST_SIZE).digest()
+
+
+def shard_checksum(digests: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """blake2b over the dtype and shape of the rows, the keys and the row bytes."""
+    h = hashlib.blake2b(**_CHECKSUM)
+    h.update(f"{rows.dtype.str}|{rows.shape}|".encode())
+    h.update(np.ascontiguousarray(digests).data)
+    h.update(np.ascontiguousarray(rows).data)
+    return np.frombuffer(h.digest(), dtype=np.uint8)
+
+
+def read_shard(path: str, bucket: int, wanted: set[bytes] | None = None):
+    """A shard's verified ``(keys, rows)``, or with ``wanted`` (digests) its keys and a
+    dict from those of ``wanted`` it holds to their rows (rows read and verified only
+    when one is there).
+
+    Raises :class:`DamagedShard` for anything but a sound shard of ``bucket``, and
+    ``FileNotFoundError`` if the file went away.
+    """
+    try:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # any failure to parse means it is not a shard we wrote
+        # (numpy's message for a file it does not recognise suggests unpickling it)
+        raise DamagedShard(f"it is not a readable .npz archive ({type(exc).__name__})") from exc
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise DamagedShard("it is a .npy array, not an .npz archive")
+    with data:
+        if set(data.files) != {"keys", "rows", "checksum"}:
+            raise DamagedShard(f"it holds the arrays {sorted(data.files)}, not a shard's")
+        try:
+            keys = data["keys"]
+            if wanted is not None:
+                hits = np.flatnonzero(np.isin(_as_void(keys), _as_void(_digest_array(wanted))))
+                if not len(hits):
+                    _check_keys(keys, bucket)
+                    return keys, {}
+            rows, checksum = data["rows"], data["checksum"]
+        except DamagedShard:
+            raise
+        except Exception as exc:
+            raise DamagedShard(f"its arrays cannot be read ({type(exc).__name__})") from exc
+    _verify(keys, rows, checksum, bucket)
+    if wanted is None:
+        return keys, rows
+    return keys, {keys[i].tobytes(): rows[i].copy() for i in hits}
+
+
+def _verify(keys, rows, checksum, bucket: int) -> None:
+    _check_keys(keys, bucket)
+    if rows.dtype.kind not in "fiu" or rows.ndim < 1 or len(rows) != len(keys):
+        raise DamagedShard(
+            f"its rows ({rows.dtype}, shape {rows.shape}) do not match its {len(keys)} keys"
+        )
+    expected = shard_checksum(keys, rows)
+    if checksum.dtype != np.uint8 or not np.array_equal(checksum, expected):
+        raise DamagedShard("its checksum does not match its contents (damaged or reordered)")
+
+
+def _check_keys(keys, bucket: int) -> None:
+    if keys.dtype != np.uint8 or keys.ndim != 2 or keys.shape[1] != DIGEST_SIZE:
+        raise DamagedShard(f"its keys are not {DIGEST_SIZE}-byte digests")
+    if len(keys) and not np.all(keys[:, 0] == bucket):
+        raise DamagedShard(f"it holds keys of other buckets than {bucket:02x}")
+
+
+def _digest_array(digests) -> np.ndarray:
+    return np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, DIGEST_SIZE)
+
+
+def _as_void(keys: np.ndarray) -> np.ndarray:
+    """Each row of digests as one comparable, sortable scalar."""
+    return np.ascontiguousarray(keys).view(np.dtype((np.void, DIGEST_SIZE))).ravel()
+
+
+def _n_rows(name: str) -> int:
+    """The row count a shard's name starts with (1 for a name that does not)."""
+    head = name.split("-", 1)[0]
+    return int(head) if head.isdigit() and int(head) > 0 else 1
+
+
+def _tier(n_rows: int) -> int:
+    tier = 0
+    while n_rows >= TIER_BASE:
+        n_rows //= TIER_BASE
+        tier += 1
+    return tier
+
+
+def _atomic_write(path: str, write: Callable) -> None:
+    """``write(file)`` into a temporary file next to ``path``, then rename it into place."""
+    tmp = os.path.join(os.path.dirname(path), f".{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _warn_once(kind: str, where: str, message: str, category) -> None:
+    if (kind, where) not in _warned:
+        _warned.add((kind, where))
+        warnings.warn(message, category, stacklevel=4)
+
+
+# ---------------------------------------------------------------------- rows
 
 
 def _first_positions(keys, found) -> list[int]:
@@ -152,3 +523,10 @@ def _first_positions(keys, found) -> list[int]:
         if key not in found:
             first.setdefault(key, i)
     return list(first.values())
+
+
+def _assemble(keys, found, allocate) -> np.ndarray:
+    out = allocate((len(keys), *next(iter(found.values())).shape))
+    for i, key in enumerate(keys):
+        out[i] = found[key]
+    return out

@@ -1,4 +1,9 @@
-"""Batched, device-aware inference: images or arrays in, rows written into one array."""
+"""Batched, device-aware inference: images or arrays in, rows written into one array.
+
+Each finished batch can be reported to an ``on_rows(positions, rows)`` callback (the
+embedding cache stores rows as they come, so an error keeps the batches finished
+before it).
+"""
 
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ def run_batches(
     verbose: bool = False,
     desc: str = "embedding",
     allocate: Callable = empty_rows,
+    on_rows: Callable | None = None,
 ) -> np.ndarray:
     """Run ``forward`` on the images at ``positions`` (all by default), batch by batch.
 
@@ -51,6 +57,7 @@ def run_batches(
         desc=desc,
         n_batches=-(-len(positions) // batch_size),
         allocate=allocate,
+        on_rows=on_rows,
     )
 
 
@@ -72,12 +79,15 @@ def run_forward(
     desc: str = "embedding",
     n_batches: int | None = None,
     allocate: Callable = empty_rows,
+    on_rows: Callable | None = None,
 ) -> np.ndarray:
     """Run ``forward`` on each batch under ``torch.inference_mode`` and the precision's
     autocast, and write the float32 outputs, in order, into one array of ``n_rows`` rows.
 
     The array comes from ``allocate(shape)`` once the first output gives the row shape
     (an in-memory array by default, or a memory map), so results are never concatenated.
+    After each batch, ``on_rows(positions, rows)`` (if given) receives its rows and
+    their positions in that array.
     """
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     out, start = None, 0
@@ -91,6 +101,8 @@ def run_forward(
             if out is None:
                 out = allocate((n_rows, *rows.shape[1:]))
             out[start : start + len(rows)] = rows
+            if on_rows is not None:
+                on_rows(np.arange(start, start + len(rows)), rows)
             start += len(rows)
     if out is None:
         return np.empty((0, 0), dtype=np.float32)

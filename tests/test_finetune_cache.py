@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pytest
 from _finetune_fixtures import colour_images, tiny
@@ -17,6 +16,7 @@ from skorch.callbacks import Callback
 
 import sktransfer._trainer
 from sktransfer import PretrainedFeatureExtractor
+from sktransfer._cache import count_rows
 from sktransfer._images import ArraySource
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -61,7 +61,7 @@ def stored_rows(memory) -> dict:
     counts = {}
     for folder in (Path(memory) / "sktransfer" / "embeddings").iterdir():
         layer = json.loads((folder / "namespace.json").read_text())["layer"]
-        n = sum(len(joblib.load(shard)["keys"]) for shard in folder.glob("*.joblib"))
+        n = count_rows(folder)
         counts[layer] = counts.get(layer, 0) + n
     return counts
 
