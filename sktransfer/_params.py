@@ -15,12 +15,17 @@ any one of its constraints:
 - :class:`HasMethods`: an object with the named methods;
 - ``"random_state"``: ``None``, an int or a ``numpy.random.RandomState``;
 - ``"verbose"``: a bool or an int.
+
+Booleans are numbers only where a constraint says so (``"verbose"``): ``True`` is not 1
+for an ``Interval`` or a numeric type such as ``Integral``, and a list or tuple holding a
+bool (``layer=[True]``) satisfies no ``list`` or ``tuple`` constraint (no parameter takes
+a list of flags, so a bool there is a mistake, not a block index or a size).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from numbers import Integral, Real
+from numbers import Integral, Number, Real
 
 import numpy as np
 
@@ -46,7 +51,7 @@ class Interval:
     closed: str
 
     def __contains__(self, value) -> bool:
-        if isinstance(value, (bool, np.bool_)) or not self._is_kind(value):
+        if _is_bool(value) or not self._is_kind(value):
             return False
         if self.left is not None:
             if value < self.left or (value == self.left and self.closed in ("right", "neither")):
@@ -109,14 +114,33 @@ def _satisfies(constraint, value) -> bool:
     if constraint == "random_state":
         return value is None or _is_int(value) or isinstance(value, np.random.RandomState)
     if constraint == "verbose":
-        return isinstance(value, (bool, np.bool_)) or _is_int(value)
+        return _is_bool(value) or _is_int(value)
     if isinstance(constraint, type):
-        return isinstance(value, constraint)
+        return isinstance(value, constraint) and not _bool_as_number(value, constraint)
     return value in constraint
 
 
 def _is_int(value) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, (bool, np.bool_))
+    return isinstance(value, Integral) and not _is_bool(value)
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
+def _holds_bool(value) -> bool:
+    """Whether ``value`` is a bool, or a list or tuple holding one."""
+    if isinstance(value, (list, tuple)):
+        return any(_is_bool(v) for v in value)
+    return _is_bool(value)
+
+
+def _bool_as_number(value, kind: type) -> bool:
+    """Whether ``value``, an instance of ``kind``, is a bool taken for a number (``True``
+    for ``Integral``), or a list or tuple holding one."""
+    if issubclass(kind, (list, tuple)):
+        return _holds_bool(value)
+    return _is_bool(value) and issubclass(kind, Number) and not issubclass(kind, bool)
 
 
 def _describe(constraint) -> str:
@@ -128,6 +152,8 @@ def _describe(constraint) -> str:
         return "an int, a numpy.random.RandomState or None"
     if constraint == "verbose":
         return "a bool or an int"
+    if constraint is Integral:
+        return "an int"
     if isinstance(constraint, type):
         return f"an instance of {constraint.__name__!r}"
     return str(constraint)
@@ -152,7 +178,8 @@ def validate_params(estimator) -> None:
             if len(accepted) == 1
             else (", ".join(accepted[:-1]) + " or " + accepted[-1])
         )
+        hint = " A bool is not accepted as a number." if _holds_bool(value) else ""
         raise InvalidParameterError(
             f"The {name!r} parameter of {type(estimator).__name__} must be {expected}. "
-            f"Got {value!r} instead."
+            f"Got {value!r} instead.{hint}"
         )

@@ -3,6 +3,7 @@ was received and what is expected, and encoded for training."""
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -141,6 +142,7 @@ def regression_targets(y, n_images, loss: str, sample_weight=None) -> Targets:
 def _real_matrix(y, n_images) -> np.ndarray:
     if y is None:
         raise ValueError("FineTunedRegressor needs targets: y is None.")
+    _target_array(y)
     try:
         values = np.asarray(y, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -217,7 +219,7 @@ def _rows(y, n_images, if_none: str) -> np.ndarray:
     error when ``y`` is None."""
     if y is None:
         raise ValueError(if_none)
-    values = np.asarray(y, dtype=object)
+    values = _target_array(y)
     if len(values) != n_images:
         raise ValueError(
             f"X and y have different lengths: {n_images} images but {len(values)} labels."
@@ -225,10 +227,66 @@ def _rows(y, n_images, if_none: str) -> np.ndarray:
     return values.reshape(n_images, -1)
 
 
+_EXPECTED_Y = (
+    "an array-like of targets: 1-D (one per image) or 2-D (one row per image, all rows "
+    "of the same length)"
+)
+
+
+def _target_array(y) -> np.ndarray:
+    """``y`` as an array of objects, checked to be neither a single value nor ragged
+    (rows of different lengths), which numpy would reject with an obscure error."""
+    try:
+        values = np.asarray(y, dtype=object)
+    except ValueError as exc:  # nested arrays whose shapes do not broadcast
+        raise ValueError(f"y must be {_EXPECTED_Y}; it could not be read as one: {exc}") from exc
+    if values.ndim == 0:
+        raise ValueError(
+            f"y must be {_EXPECTED_Y}; got a single value, {reprlib.repr(y)} ({type(y).__name__})."
+        )
+    if values.ndim == 1:
+        _check_not_ragged(values)
+    return values
+
+
+def _check_not_ragged(values: np.ndarray) -> None:
+    """Raise if a 1-D ``y`` holds sequences: rows of different lengths, or rows in a 1-D
+    container (a Series of lists)."""
+    lengths = [_row_length(v) for v in values]
+    if all(n is None for n in lengths):
+        return
+    odd = next((i for i, n in enumerate(lengths) if n != lengths[0]), None)
+    if odd is None:
+        raise ValueError(
+            f"y is a 1-D container of rows (each a {type(values[0]).__name__} of "
+            f"{lengths[0]} values); stack them into a 2-D array with one row per image, "
+            "e.g. np.stack(list(y))."
+        )
+    raise ValueError(
+        f"y is ragged: the row of image 0 holds {_count(lengths[0])} but the row of image "
+        f"{odd} holds {_count(lengths[odd])}. y must be {_EXPECTED_Y}."
+    )
+
+
+def _row_length(v) -> int | None:
+    """The length of a row of ``y`` that is a sequence (None for a single value)."""
+    if isinstance(v, list | tuple) or (isinstance(v, np.ndarray) and v.ndim > 0):
+        return len(v)
+    return None
+
+
+def _count(n: int | None) -> str:
+    return "a single value" if n is None else f"{n} value{'s' if n != 1 else ''}"
+
+
 def take_rows(y, rows: np.ndarray):
-    """``y`` (array-like, Series or DataFrame) at ``rows``, keeping its kind."""
+    """``y`` (array-like, Series or DataFrame) at ``rows``, keeping its kind (None stays
+    None, for the target code to report)."""
+    if y is None:
+        return None
     if hasattr(y, "iloc"):
         return y.iloc[rows]
+    _target_array(y)  # a single value or a ragged y, reported before numpy trips on it
     return np.asarray(y)[rows]
 
 

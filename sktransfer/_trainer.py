@@ -11,21 +11,29 @@ from __future__ import annotations
 
 import math
 import os
+import reprlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image
 from sklearn.exceptions import ConvergenceWarning
-from skorch.callbacks import EarlyStopping, LRScheduler, PassthroughScoring, ProgressBar
+from skorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    LRScheduler,
+    PassthroughScoring,
+    ProgressBar,
+)
 from skorch.helper import predefined_split
 from torch import nn
 
 from . import _backbone
 from ._adabn import adapt_batchnorm, batchnorm_layers
 from ._cache import EmbeddingCache, cache_namespace
-from ._images import ImageSource
+from ._images import FileSource, ImageSource, SubsetSource
 from ._inference import BudgetAllocator, array_batches, empty_rows, run_batches, run_forward
 from ._training import (
     OPTIMIZERS,
@@ -125,6 +133,7 @@ class Trainer:
         self.channels_last = _backbone.prefers_channels_last(backbone)
         self.cached = False
         self.aligning = False  # set by run(): an alignment loss on target batches
+        self.user_callbacks = named_callbacks(plan.callbacks)
         self._allocate = BudgetAllocator(plan.activation_budget, _spill_folder(plan.memory))
 
     def run(self):
@@ -305,7 +314,7 @@ class Trainer:
         )
 
     def _pooled_of(self, split, bottom: np.ndarray) -> Callable:
-        def compute(rows, allocate):
+        def compute(rows, allocate, on_rows=None):
             return run_forward(
                 split.pooled,
                 array_batches(_take(bottom, rows), self.plan.batch_size),
@@ -314,6 +323,7 @@ class Trainer:
                 precision="float32",
                 channels_last=self.channels_last,
                 allocate=allocate,
+                on_rows=on_rows,
             )
 
         return compute
@@ -409,7 +419,7 @@ class Trainer:
             )
         if plan.verbose:
             callbacks.append(("progress", ProgressBar()))
-        callbacks += [(f"user_{i}", cb) for i, cb in enumerate(plan.callbacks)]
+        callbacks += self.user_callbacks
         workers = 0 if split is not None else plan.num_workers
         return TransferNet(
             module=module,
@@ -490,9 +500,9 @@ def cached_rows(
 ) -> np.ndarray:
     """Rows at the cut ``point`` for the images at ``positions``: looked up in the cache
     under ``memory`` (keyed as the extractor keys its embeddings) or computed by
-    ``compute(rows, allocate)``, ``rows`` indexing ``positions``."""
+    ``compute(rows, allocate, on_rows)``, ``rows`` indexing ``positions``."""
     if memory is None or not identity:
-        return compute(np.arange(len(positions)), allocate)
+        return compute(np.arange(len(positions)), allocate, None)
     namespace = cache_namespace(
         **identity,
         data_config=cfg,
@@ -508,10 +518,10 @@ def cached_rows(
 def bottom_of_images(
     split, source, positions, transform, *, batch_size, device, num_workers
 ) -> Callable:
-    """``compute(rows, allocate)``: the frozen bottom of ``split`` run on images."""
+    """``compute(rows, allocate, on_rows)``: the frozen bottom of ``split`` run on images."""
     channels_last = _backbone.prefers_channels_last(split.model)
 
-    def compute(rows, allocate):
+    def compute(rows, allocate, on_rows=None):
         return run_batches(
             split.bottom,
             source,
@@ -523,6 +533,7 @@ def bottom_of_images(
             num_workers=num_workers,
             channels_last=channels_last,
             allocate=allocate,
+            on_rows=on_rows,
         )
 
     return compute
@@ -560,7 +571,11 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.source)
 
     def __getitem__(self, i):
-        return _item(self.transform(self.source.load(i)), self.y, self.w, i)
+        try:
+            x = self.transform(self.source.load(i))
+        except NotAnImageError as exc:
+            raise exc.for_image(image_name(self.source, i)) from None
+        return _item(x, self.y, self.w, i)
 
 
 class InputsOnly(torch.utils.data.Dataset):
@@ -596,6 +611,38 @@ def alignment_loss(method: str) -> Callable:
     return {"coral": deepcoral_loss, "mmd": dan_loss}[method]
 
 
+def named_callbacks(callbacks) -> list[tuple[str, Callback]]:
+    """The estimator's ``callbacks`` as skorch's (name, callback) pairs: a bare callback
+    (an instance, or a class skorch instantiates) is named ``user_<position>``, a pair
+    keeps its name. Anything else raises here, not deep inside skorch."""
+    named = []
+    for i, item in enumerate(callbacks):
+        if _is_callback(item):
+            named.append((f"user_{i}", item))
+        elif _is_named_callback(item):
+            named.append((item[0], item[1]))
+        else:
+            raise TypeError(
+                f"callbacks[{i}] is {reprlib.repr(item)} ({type(item).__name__}): each "
+                "element of callbacks must be a skorch Callback instance (e.g. "
+                "skorch.callbacks.EpochScoring('f1_macro')) or a (name, callback) pair."
+            )
+    return named
+
+
+def _is_callback(obj) -> bool:
+    return isinstance(obj, Callback) or (isinstance(obj, type) and issubclass(obj, Callback))
+
+
+def _is_named_callback(item) -> bool:
+    return (
+        isinstance(item, tuple | list)
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and _is_callback(item[1])
+    )
+
+
 class _Compose:
     """A user's PIL augmentation followed by the model's preprocessing (picklable)."""
 
@@ -603,7 +650,46 @@ class _Compose:
         self.augment, self.preprocess = augment, preprocess
 
     def __call__(self, image):
-        return self.preprocess(self.augment(image))
+        augmented = self.augment(image)
+        if not isinstance(augmented, Image.Image):
+            raise NotAnImageError(self.augment, augmented)
+        return self.preprocess(augmented)
+
+
+class NotAnImageError(TypeError):
+    """The ``augment`` callable returned something else than a PIL image; the dataset,
+    which knows which image it was, reports it (:meth:`for_image`)."""
+
+    def __init__(self, augment, returned):
+        super().__init__(augment, returned)
+        self.augment, self.returned = augment, returned
+
+    def for_image(self, name: str) -> TypeError:
+        return TypeError(
+            f"The augment callable {_name_of(self.augment)} returned a "
+            f"{_name_of(type(self.returned))} for {name}: it must map a PIL image to a PIL "
+            "image (the model's own resizing and normalisation follow it). Return "
+            "PIL.Image.fromarray(array) for an array, or use PIL-based transforms (e.g. "
+            "torchvision's RandomHorizontalFlip, without ToTensor)."
+        )
+
+
+def _name_of(obj) -> str:
+    """``module.qualname`` of a function or class (the class of another callable)."""
+    if not hasattr(obj, "__qualname__"):
+        obj = type(obj)
+    module = getattr(obj, "__module__", None)
+    return obj.__qualname__ if module in (None, "builtins") else f"{module}.{obj.__qualname__}"
+
+
+def image_name(source: ImageSource, i: int) -> str:
+    """``image <index in X>`` of the image at ``i`` of ``source`` (a subset of the
+    estimator's images, or those images), with its path when it has one."""
+    while isinstance(source, SubsetSource):
+        source, i = source.parent, int(source.indices[i])
+    if isinstance(source, FileSource):
+        return f"image {i} ({source.paths[i]!r})"
+    return f"image {i}"
 
 
 # ----------------------------------------------------------------------- helpers

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import signal
+import threading
 from collections.abc import Mapping
 
 import torch
@@ -116,9 +118,6 @@ class TransferModule(nn.Module):
         return groups
 
 
-_SAME_AS_MODULE_ = "<same as module_>"
-
-
 class TransferNet(NeuralNet):
     """A skorch ``NeuralNet`` whose optimizer takes the module's explicit parameter
     groups, whose forward pass autocasts to the requested precision, whose loss weighs
@@ -134,6 +133,28 @@ class TransferNet(NeuralNet):
         self.precision = precision
         self.mixer = mixer
         self.alignment = alignment
+
+    def partial_fit(self, X, y=None, classes=None, **fit_params):
+        """skorch's ``partial_fit``, except that Ctrl-C stops the estimator's ``fit``
+        (after ``on_train_end``, for callbacks to clean up) instead of returning a
+        half-trained model as if training had finished.
+
+        skorch catches every KeyboardInterrupt, because its callbacks end training by
+        raising one (``EarlyStopping``); those still end the stage quietly. Only an
+        interrupt signal that arrived during the training loop propagates.
+        """
+        if not self.initialized_:
+            self.initialize()
+        self.notify("on_train_begin", X=X, y=y)
+        with CtrlC() as ctrl_c:
+            try:
+                self.fit_loop(X, y, **fit_params)
+            except KeyboardInterrupt:
+                if ctrl_c.pressed:
+                    self.notify("on_train_end", X=X, y=y)
+                    raise
+        self.notify("on_train_end", X=X, y=y)
+        return self
 
     def train_step_single(self, batch, **fit_params):
         if self.mixer is not None:
@@ -173,24 +194,40 @@ class TransferNet(NeuralNet):
         self.optimizer_ = self.optimizer(self.module_.param_groups(), lr=self.lr, **kwargs)
         return self
 
-    def __getstate__(self):
-        # `module` is the very instance of `module_`; skorch pickles `module_` through its
-        # device-mapping path, so pickling `module` as well would store the weights twice,
-        # the second copy without device mapping.
-        state = super().__getstate__()
-        if state.get("module") is getattr(self, "module_", None):
-            state["module"] = _SAME_AS_MODULE_
-        return state
-
-    def __setstate__(self, state):
-        same = isinstance(state.get("module"), str) and state["module"] == _SAME_AS_MODULE_
-        super().__setstate__(state)
-        if same:
-            self.module = self.module_
-
     def infer(self, x, **fit_params):
         with autocast(torch.device(self.device), self.precision):
             return super().infer(x, **fit_params).float()
+
+
+class CtrlC:
+    """Within the block, ``pressed`` tells whether an interrupt signal (SIGINT, Ctrl-C)
+    raised the KeyboardInterrupt that ended it, rather than a callback stopping training.
+
+    The handler in place (Python's raises KeyboardInterrupt) still runs. Signals reach
+    only the main thread, so elsewhere nothing is watched and ``pressed`` stays False.
+    """
+
+    def __init__(self):
+        self.pressed = False
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if callable(previous):  # not SIG_IGN (no interrupt) nor SIG_DFL (process ends)
+                self.previous = previous
+                signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.pressed = True
+        self.previous(signum, frame)  # Python's default handler raises KeyboardInterrupt
+        self.pressed = False  # a handler that did not raise: training went on
+
+    def __exit__(self, *exc_info):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
 
 
 class DomainAlignment:
