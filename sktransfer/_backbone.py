@@ -23,6 +23,7 @@ from torch import nn
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 POOLINGS = ("avg", "max", "avgmax", "token")
+TIMM_VERSION = timm.__version__
 
 
 # ---------------------------------------------------------------------------- creation
@@ -117,6 +118,8 @@ def create_backbone(
         load_state(model, weights, "The weights given")
     elif weights is not None and not pretrained:
         load_weights_file(model, weights)
+    timm_name = name if timm.is_model(name) else model.pretrained_cfg["architecture"]
+    model.sktransfer_spec = {"name": timm_name, "kwargs": kwargs}
     return model.eval()
 
 
@@ -153,9 +156,21 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
             f"of a local checkpoint ({', '.join(WEIGHT_SUFFIXES)})."
         )
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path), device="cpu")
+        try:
+            from safetensors.torch import load_file
+        except ImportError as exc:
+            raise ImportError(
+                f"Reading {str(path)!r} needs the safetensors package: pip install "
+                "safetensors, or pass a checkpoint saved with torch.save (.pt, .pth)."
+            ) from exc
+        try:
+            state = load_file(str(path), device="cpu")
+        except Exception as exc:
+            raise ValueError(
+                f"Could not read {str(path)!r} as a safetensors file: {exc}. Expected a "
+                "state dict saved with safetensors.torch.save_file (or rename a torch.save "
+                "checkpoint to .pt)."
+            ) from exc
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -268,6 +283,45 @@ def weights_fingerprint(model: nn.Module) -> str:
         digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+# ----------------------------------------------------------------- architecture as data
+
+
+def describe(model: nn.Module) -> dict:
+    """What rebuilds ``model`` but its tensors, as plain data: the timm model name, the
+    constructor arguments :func:`create_backbone` gave and the head's number of outputs."""
+    spec = getattr(model, "sktransfer_spec", None)
+    if spec is None:
+        spec = {"name": model.pretrained_cfg["architecture"], "kwargs": {}}
+    kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in spec["kwargs"].items()}
+    return {"name": spec["name"], "kwargs": kwargs, "num_classes": int(model.num_classes)}
+
+
+def rebuild(description: Mapping, tensors: Mapping[str, torch.Tensor]) -> nn.Module:
+    """The model that :func:`describe` described, with ``tensors`` loaded strictly, in
+    eval mode on the CPU. Raises ``ValueError`` when this timm cannot build it."""
+    name, kwargs = description["name"], dict(description["kwargs"])
+    if "img_size" in kwargs:
+        kwargs["img_size"] = tuple(kwargs["img_size"])
+    if not timm.is_model(name):
+        raise ValueError(
+            f"The saved model is a timm {name!r}, which timm {timm.__version__} does not "
+            "have. Install the timm version it was saved with (the file records it)."
+        )
+    with torch.random.fork_rng(devices=[]):
+        model = timm.create_model(
+            name, pretrained=False, num_classes=description["num_classes"], **kwargs
+        )
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"The saved weights do not fit timm {timm.__version__}'s {name!r}: {exc}. "
+            "Install the timm version the model was saved with (the file records it)."
+        ) from exc
+    model.sktransfer_spec = {"name": name, "kwargs": dict(description["kwargs"])}
+    return model.eval()
 
 
 # ----------------------------------------------------------------------- preprocessing

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from sklearn.base import ClassifierMixin
 from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.validation import check_is_fitted
 
 from ._finetune import FineTunedEstimator
 from ._params import Interval, Options
@@ -21,7 +22,8 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
     its own optimizer and warm-up + cosine schedule: first ``head_epochs`` epochs train
     the head on a frozen backbone, then the block groups above ``freeze_depth`` unfreeze
     for ``max_epochs`` epochs, with learning rates that shrink by ``layer_decay`` group by
-    group towards the input. skorch runs the loop (the net is kept as ``net_``).
+    group towards the input. skorch runs the loop; only the fine-tuned model is kept
+    (``backbone_``).
 
     Frozen layers are never paid for twice: without augmentation their output is the
     same every epoch, so the images are decoded and the frozen bottom computed once per
@@ -117,11 +119,16 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
     verbose : bool, default=False
         Print skorch's epoch table and a progress bar.
     callbacks : list of skorch callbacks or None, default=None
-        Extra callbacks, added to every stage.
+        Extra callbacks (instances, or ``(name, callback)`` pairs), added to every
+        stage.
     memory : str, path-like, joblib.Memory or None, default=None
         Folder of the per-image activation cache, shared with
         :class:`PretrainedFeatureExtractor` (same keys): frozen activations at each cut
         point, and pooled features, are computed once per image across fits.
+    cache_key : {"stat", "content"}, default="stat"
+        How the cache recognises an image file: ``"stat"`` trusts its absolute path,
+        size and modification time; ``"content"`` hashes its bytes (for files rewritten
+        in place). In-memory images and encoded bytes are always keyed by content.
     activation_budget : int or str, default="4GiB"
         How much memory the frozen activations of one fit may take (bytes, or a string
         such as ``"500MB"``); beyond it they spill to memory-mapped files (under
@@ -151,9 +158,12 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
     multilabel_, multitask_ : bool
         Whether ``y`` was a 0/1 indicator matrix (one sigmoid per label), or several
         columns of class labels (one softmax head per column).
-    net_ : skorch.NeuralNet
-        The net that ran the last stage, trimmed for prediction; ``net_.module_.backbone``
-        is the fine-tuned timm model.
+    backbone_ : torch.nn.Module
+        The fine-tuned timm model, in eval mode (the skorch net that trained it is not
+        kept). Pickles and skops files store it as data: its timm name, constructor
+        arguments and weights (see the serving page of the user guide).
+    device_ : torch.device
+        Where it runs.
     history_ : list of dict
         Per-epoch records of both stages: ``epoch``, ``stage``, ``train_loss``,
         ``train_acc`` (without mixing), ``dur``, and with validation ``valid_loss`` and
@@ -229,6 +239,7 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         verbose=False,
         callbacks=None,
         memory=None,
+        cache_key="stat",
         activation_budget="4GiB",
         domain_adaptation=None,
         adaptation_weight=1.0,
@@ -259,6 +270,7 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
             verbose=verbose,
             callbacks=callbacks,
             memory=memory,
+            cache_key=cache_key,
             activation_budget=activation_budget,
             domain_adaptation=domain_adaptation,
             adaptation_weight=adaptation_weight,
@@ -370,12 +382,27 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
             columns, a list with one array per column (scikit-learn's
             ``MultiOutputClassifier`` convention), columns following ``classes_[t]``.
         """
-        if getattr(self, "multitask_", False):
+        check_is_fitted(self)
+        proba = self._predict_outputs(X, self._output_activation())
+        if self.multitask_:
             sizes = [len(c) for c in self.classes_]
-            proba = self._predict_outputs(X, _TaskSoftmax(sizes))
             return np.split(proba, np.cumsum(sizes)[:-1], axis=1)
-        multilabel = getattr(self, "multilabel_", False)
-        return self._predict_outputs(X, torch.sigmoid if multilabel else _softmax)
+        return proba
+
+    _onnx_output = "probabilities"
+
+    def _output_activation(self):
+        if self.multitask_:
+            return _TaskSoftmax([len(c) for c in self.classes_])
+        return torch.sigmoid if self.multilabel_ else _softmax
+
+    def _onnx_metadata(self) -> dict:
+        classes = self.classes_ if self.multitask_ else [self.classes_]
+        return {
+            **super()._onnx_metadata(),
+            "classes": [np.asarray(c).tolist() for c in classes],
+            "multilabel": bool(self.multilabel_),
+        }
 
     def predict(self, X, sample_domain=None):
         """Predicted labels: 1-D, a 0/1 indicator matrix for multilabel targets, or one

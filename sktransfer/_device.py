@@ -1,10 +1,8 @@
-"""Device and precision resolution, and device-independent pickling of torch objects."""
+"""Device and precision resolution, and the device to load a saved model on."""
 
 from __future__ import annotations
 
 import contextlib
-import io
-import pickle
 import warnings
 
 import torch
@@ -91,36 +89,3 @@ def loadable_device(saved: torch.device | str) -> torch.device:
         stacklevel=3,
     )
     return torch.device("cpu")
-
-
-class _MapLocationUnpickler(pickle.Unpickler):
-    """Unpickle torch storages through ``torch.load(map_location=...)``.
-
-    Tensors pickle their storages as ``torch.storage._load_from_bytes(bytes)``, where the
-    bytes remember the device they were saved from. Intercepting that call is how skorch
-    loads CUDA-trained nets on CPU-only machines; we use the same mechanism.
-    """
-
-    def __init__(self, file, map_location):
-        super().__init__(file)
-        self.map_location = map_location
-
-    def find_class(self, module, name):
-        if module == "torch.storage" and name == "_load_from_bytes":
-            map_location = self.map_location
-
-            def _load_from_bytes(data):
-                return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-
-            return _load_from_bytes
-        return super().find_class(module, name)
-
-
-def dumps_torch(obj) -> bytes:
-    """Pickle an object holding torch tensors or modules."""
-    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def loads_torch(data: bytes, map_location: torch.device):
-    """Unpickle bytes from :func:`dumps_torch`, placing every tensor on ``map_location``."""
-    return _MapLocationUnpickler(io.BytesIO(data), map_location).load()

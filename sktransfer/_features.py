@@ -12,10 +12,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _backbone
 from ._cache import EmbeddingCache, cache_namespace
-from ._device import dumps_torch, loadable_device, loads_torch, resolve_device, resolve_precision
+from ._device import loadable_device, resolve_device, resolve_precision
+from ._export import export_onnx
 from ._images import as_images
 from ._inference import run_batches
 from ._params import HasMethods, Interval, Options, validate_params
+from ._state import from_data, saved_device, swap_in, to_data
 
 PRECISIONS = ("auto", "float32", "float16", "bfloat16")
 
@@ -63,13 +65,18 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         Threads that decode and preprocess images while the model runs.
     memory : str, path-like, joblib.Memory or None, default=None
         Folder of the per-image embedding cache (see the user guide). ``None``: no cache.
+    cache_key : {"stat", "content"}, default="stat"
+        How the cache recognises an image file: ``"stat"`` trusts its absolute path,
+        size and modification time; ``"content"`` hashes its bytes (for files rewritten
+        in place). In-memory images and encoded bytes are always keyed by content.
     verbose : bool, default=False
         Show a progress bar while embedding.
 
     Attributes
     ----------
     backbone_ : torch.nn.Module
-        The loaded timm model, in eval mode, on ``device_``.
+        The loaded timm model, in eval mode, on ``device_``. Pickles and skops files
+        store it as data: its timm name, constructor arguments and weights.
     device_ : torch.device
         The device used.
     precision_ : str
@@ -80,6 +87,10 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         Width of the embeddings.
     weights_fingerprint_ : str
         A hash of the backbone's weights (part of the cache key).
+    layer_, pooling_ : object
+        ``layer`` (block indices as a list) and ``pooling`` as they were at ``fit``:
+        ``transform`` and the cache use these, so ``set_params`` after ``fit`` changes
+        nothing until the next ``fit``.
 
     See Also
     --------
@@ -106,6 +117,7 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         "precision": [Options(set(PRECISIONS))],
         "num_workers": [Interval(Integral, 0, None, closed="left")],
         "memory": [None, str, os.PathLike, HasMethods(("cache",))],
+        "cache_key": [Options({"stat", "content"})],
         "verbose": ["verbose"],
     }
 
@@ -122,6 +134,7 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         precision="auto",
         num_workers=0,
         memory=None,
+        cache_key="stat",
         verbose=False,
     ):
         self.model = model
@@ -134,6 +147,7 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         self.precision = precision
         self.num_workers = num_workers
         self.memory = memory
+        self.cache_key = cache_key
         self.verbose = verbose
 
     def fit(self, X=None, y=None):
@@ -153,36 +167,30 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         """
         validate_params(self)
         if X is not None:
-            as_images(X)  # validate early; files are checked to exist
-        blocks = self._block_indices()
-        pooled = blocks is None
+            as_images(X, key=self.cache_key)  # validate early; files are checked to exist
+        layer, pooling = _copy_layer(self.layer), self.pooling
+        blocks = _block_indices(layer)
         backbone = _backbone.create_backbone(
             self.model,
             self.weights,
-            pooling=self.pooling if pooled else None,
+            pooling=pooling if blocks is None else None,
             image_size=self.image_size,
         )
-        if self.pooling == "token" and not _backbone.has_prefix_tokens(backbone):
-            raise ValueError(
-                f"pooling='token' needs a model with a class token; {self.model!r} has none. "
-                "Use pooling='avg', 'max' or 'avgmax'."
-            )
-        if blocks is not None:
-            n = _backbone.n_blocks(backbone)
-            bad = [b for b in blocks if not -n <= b < n]
-            if bad:
-                raise ValueError(
-                    f"layer={self.layer!r} is out of range: {self.model!r} has {n} blocks, "
-                    f"so block indices must lie in [{-n}, {n - 1}]."
-                )
-        self.device_ = resolve_device(self.device)
-        self.precision_ = resolve_precision(self.precision, self.device_)
-        self.backbone_ = _to_device(backbone, self.device_)
-        self.data_config_ = _backbone.data_config(backbone, self.image_size)
-        self.weights_fingerprint_ = _backbone.weights_fingerprint(backbone)
-        probe = torch.zeros(1, *self.data_config_["input_size"], device=self.device_)
+        self._check_backbone(backbone, blocks)
+        device = resolve_device(self.device)
+        fitted = {
+            "layer_": layer,
+            "pooling_": pooling,
+            "device_": device,
+            "precision_": resolve_precision(self.precision, device),
+            "backbone_": _to_device(backbone, device),
+            "data_config_": _backbone.data_config(backbone, self.image_size),
+            "weights_fingerprint_": _backbone.weights_fingerprint(backbone),
+        }
+        probe = torch.zeros(1, *fitted["data_config_"]["input_size"], device=device)
         with torch.inference_mode():
-            self.n_features_out_ = int(self._forward(probe).shape[1])
+            fitted["n_features_out_"] = int(_forward(fitted, probe).shape[1])
+        swap_in(self, fitted)
         return self
 
     def transform(self, X):
@@ -199,16 +207,18 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         embeddings : ndarray of shape (n_images, n_features_out_), dtype float32
         """
         check_is_fitted(self)
-        source = as_images(X)
+        source = as_images(X, key=self.cache_key)
         n = len(source)
         if self.memory is None:
             return self._embed(source, np.arange(n))
 
         cache = EmbeddingCache(self.memory, self._cache_namespace())
         keys = [source.key(i) for i in range(n)]
-        return cache.rows(keys, lambda positions, _: self._embed(source, positions))
+        return cache.rows(
+            keys, lambda positions, _, on_rows: self._embed(source, positions, on_rows)
+        )
 
-    def _embed(self, source, positions) -> np.ndarray:
+    def _embed(self, source, positions, on_rows=None) -> np.ndarray:
         """Run the backbone on the images at ``positions`` (the only place that does)."""
         if len(positions) == 0:
             return np.empty((0, self.n_features_out_), dtype=np.float32)
@@ -223,36 +233,72 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
             num_workers=self.num_workers,
             channels_last=_backbone.prefers_channels_last(self.backbone_),
             verbose=bool(self.verbose),
+            on_rows=on_rows,
         )
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.layer is None:
-            return _backbone.forward_pooled(self.backbone_, x)
-        if self.layer == "logits":
-            return _backbone.forward_logits(self.backbone_, x)
-        return _backbone.forward_blocks(
-            self.backbone_, x, self._block_indices(), self.pooling or "avg"
+        return _forward(vars(self), x)
+
+    def export_onnx(self, path, *, opset_version=18):
+        """Export the embedding network to an ONNX file, for serving without Python.
+
+        The graph maps preprocessed images (float32, ``(batch, 3, height, width)``,
+        resized, cropped and normalised as ``data_config_`` says) to what
+        :meth:`transform` gives. The file's ``sktransfer`` metadata entry (JSON) records
+        the preprocessing, the output's name (``"features"``), ``layer`` and ``pooling``
+        and the versions. Needs the ``onnx`` extra (onnx, onnxscript; onnxruntime runs
+        the file).
+
+        Parameters
+        ----------
+        path : str or path-like
+            Where to write the ``.onnx`` file.
+        opset_version : int, default=18
+            The ONNX opset.
+
+        Returns
+        -------
+        path : pathlib.Path
+        """
+        check_is_fitted(self)
+        return export_onnx(
+            _Embedding(self.backbone_, self.layer_, self.pooling_),
+            path,
+            input_size=self.data_config_["input_size"],
+            output="features",
+            metadata={
+                "estimator": type(self).__name__,
+                "preprocessing": self.data_config_,
+                "layer": self.layer_,
+                "pooling": self.pooling_,
+            },
+            opset_version=opset_version,
         )
 
-    def _block_indices(self):
-        if self.layer is None or self.layer == "logits":
-            return None
-        if isinstance(self.layer, Integral):
-            return [int(self.layer)]
-        if not self.layer or not all(isinstance(b, Integral) for b in self.layer):
+    def _check_backbone(self, backbone, blocks) -> None:
+        if self.pooling == "token" and not _backbone.has_prefix_tokens(backbone):
             raise ValueError(
-                f"layer={self.layer!r} is not valid: expected None, 'logits', an int or a "
-                "non-empty list of ints (block indices)."
+                f"pooling='token' needs a model with a class token; {self.model!r} has none. "
+                "Use pooling='avg', 'max' or 'avgmax'."
             )
-        return [int(b) for b in self.layer]
+        if blocks is not None:
+            n = _backbone.n_blocks(backbone)
+            bad = [b for b in blocks if not -n <= b < n]
+            if bad:
+                raise ValueError(
+                    f"layer={self.layer!r} is out of range: {self.model!r} has {n} blocks, "
+                    f"so block indices must lie in [{-n}, {n - 1}]."
+                )
 
     def _cache_namespace(self) -> dict:
+        """Everything besides the image that a row depends on, from fitted state only
+        (a parameter set after ``fit`` changes nothing until the next ``fit``)."""
         return cache_namespace(
-            model=self.model,
+            model=_backbone.describe(self.backbone_)["name"],
             weights=self.weights_fingerprint_,
             data_config=self.data_config_,
-            layer=self.layer,
-            pooling=self.pooling,
+            layer=self.layer_,
+            pooling=self.pooling_,
             precision=self.precision_,
             device=self.device_,
         )
@@ -262,17 +308,13 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         return self.n_features_out_
 
     def __getstate__(self):
-        state = super().__getstate__()
-        if "backbone_" in state:
-            state = dict(state)
-            state["backbone_"] = dumps_torch(state["backbone_"])
-        return state
+        return to_data(super().__getstate__())
 
     def __setstate__(self, state):
-        if isinstance(state.get("backbone_"), bytes):
-            device = loadable_device(state["device_"])
-            state = dict(state)
-            state["backbone_"] = loads_torch(state["backbone_"], device).eval()
+        device = loadable_device(saved_device(state) or "cpu")
+        state = from_data(state, type(self).__name__, device)
+        if "backbone_" in state:
+            state["backbone_"] = _to_device(state["backbone_"], device)
             state["device_"] = device
             state["precision_"] = resolve_precision(state["precision"], device)
         super().__setstate__(state)
@@ -284,6 +326,47 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
         tags.input_tags.string = True
         tags.transformer_tags.preserves_dtype = []
         return tags
+
+
+class _Embedding(torch.nn.Module):
+    """The embedding network as one module (what ONNX files hold)."""
+
+    def __init__(self, backbone, layer, pooling):
+        super().__init__()
+        self.backbone, self.layer, self.pooling = backbone, layer, pooling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fitted = {"backbone_": self.backbone, "layer_": self.layer, "pooling_": self.pooling}
+        return _forward(fitted, x)
+
+
+def _forward(fitted: dict, x: torch.Tensor) -> torch.Tensor:
+    """The embedding of a batch, as the fitted state (``layer_``, ``pooling_``) says."""
+    layer, backbone = fitted["layer_"], fitted["backbone_"]
+    if layer is None:
+        return _backbone.forward_pooled(backbone, x)
+    if layer == "logits":
+        return _backbone.forward_logits(backbone, x)
+    return _backbone.forward_blocks(backbone, x, layer, fitted["pooling_"] or "avg")
+
+
+def _copy_layer(layer):
+    """``layer`` as fitted state: None, "logits" or a list of block indices."""
+    blocks = _block_indices(layer)
+    return layer if blocks is None else blocks
+
+
+def _block_indices(layer):
+    if layer is None or layer == "logits":
+        return None
+    if isinstance(layer, Integral):
+        return [int(layer)]
+    if not layer or not all(isinstance(b, Integral) for b in layer):
+        raise ValueError(
+            f"layer={layer!r} is not valid: expected None, 'logits', an int or a "
+            "non-empty list of ints (block indices)."
+        )
+    return [int(b) for b in layer]
 
 
 def _to_device(model, device):

@@ -23,10 +23,12 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from . import _backbone
-from ._device import resolve_device, resolve_precision
+from ._device import loadable_device, resolve_device, resolve_precision
+from ._export import export_onnx
 from ._images import as_images
 from ._inference import array_batches, parse_bytes, run_batches, run_forward
 from ._params import HasMethods, Interval, Options, validate_params
+from ._state import from_data, saved_device, swap_in, to_data
 from ._targets import Targets, check_sample_weight, split_domains, take_rows
 from ._trainer import (
     Stage,
@@ -75,6 +77,7 @@ class FineTunedEstimator(BaseEstimator):
         "verbose": ["verbose"],
         "callbacks": [None, list],
         "memory": [None, str, os.PathLike, HasMethods(("cache",))],
+        "cache_key": [Options({"stat", "content"})],
         "activation_budget": [Interval(Integral, 0, None, closed="left"), str],
         "domain_adaptation": [None, Options({"adabn", "coral", "mmd", "dann"})],
         "adaptation_weight": [Interval(Real, 0, None, closed="left")],
@@ -108,6 +111,7 @@ class FineTunedEstimator(BaseEstimator):
         verbose,
         callbacks,
         memory,
+        cache_key,
         activation_budget,
         domain_adaptation,
         adaptation_weight,
@@ -137,6 +141,7 @@ class FineTunedEstimator(BaseEstimator):
         self.verbose = verbose
         self.callbacks = callbacks
         self.memory = memory
+        self.cache_key = cache_key
         self.activation_budget = activation_budget
         self.domain_adaptation = domain_adaptation
         self.adaptation_weight = adaptation_weight
@@ -184,9 +189,7 @@ class FineTunedEstimator(BaseEstimator):
             The fitted estimator.
         """
         validate_params(self)
-        for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
-            delattr(self, attr)  # a fit that fails below leaves no half-fitted state
-        source = as_images(X)
+        source = as_images(X, key=self.cache_key)
         weights = check_sample_weight(sample_weight, len(source))
         source, y, weights, target = self._split_domains(source, y, weights, sample_domain)
         targets = self._encode_targets(y, len(source), weights)
@@ -214,22 +217,19 @@ class FineTunedEstimator(BaseEstimator):
             trainer = Trainer(plan, backbone, data)
             net, history = trainer.run()
 
-        net.module_.split = None
-        net.module_.domain_head = None  # DANN's domain classifier is for training only
-        net.alignment = None  # nor are target batches kept
-        net.module_.eval()
-        net.trim_for_prediction()
-
-        for name, value in targets.attributes.items():
-            setattr(self, name, value)
-        self.n_groups_ = len(groups)
-        self.frozen_groups_ = frozen_groups
-        self.data_config_ = cfg
-        self.cached_activations_ = trainer.cached
-        self.cache_identity_ = identity
-        self.batchnorm_adapted_ = plan.domain_adaptation == "adabn"
-        self.history_ = history
-        self.net_ = net
+        fitted = {
+            **targets.attributes,
+            "backbone_": net.module_.backbone.eval(),  # the skorch net stays behind
+            "device_": device,
+            "history_": history,
+            "n_groups_": len(groups),
+            "frozen_groups_": frozen_groups,
+            "data_config_": cfg,
+            "cached_activations_": trainer.cached,
+            "cache_identity_": identity,
+            "batchnorm_adapted_": plan.domain_adaptation == "adabn",
+        }
+        swap_in(self, fitted)  # the previous model works until this fit has succeeded
         return self
 
     def _split_domains(self, source, y, weights, sample_domain):
@@ -279,7 +279,7 @@ class FineTunedEstimator(BaseEstimator):
             donor = donor.estimator
         if not isinstance(donor, FineTunedEstimator):
             return donor
-        if not hasattr(donor, "net_"):
+        if not hasattr(donor, "backbone_"):
             raise ValueError(
                 f"weights= is an unfitted {type(donor).__name__}: sequential transfer starts "
                 "from a fitted fine-tuner. Fit it first. Inside GridSearchCV or after "
@@ -287,7 +287,7 @@ class FineTunedEstimator(BaseEstimator):
                 "sklearn.frozen.FrozenEstimator(fitted) or a file saved by "
                 "fitted.save_weights(path) instead."
             )
-        return donor.net_.module_.backbone.state_dict()
+        return donor.backbone_.state_dict()
 
     def save_weights(self, path):
         """Save the fine-tuned backbone's weights (head included) to a file.
@@ -310,7 +310,7 @@ class FineTunedEstimator(BaseEstimator):
         """
         check_is_fitted(self)
         path = Path(os.fspath(path))
-        _backbone.save_state(self.net_.module_.backbone, path)
+        _backbone.save_state(self.backbone_, path)
         return path
 
     def _plan(self, backbone, groups, frozen_groups, device, targets, data, identity):
@@ -360,7 +360,10 @@ class FineTunedEstimator(BaseEstimator):
         fits share no rows."""
         if self.memory is None or self.domain_adaptation == "adabn":
             return {}
-        return {"model": self.model, "weights": _backbone.weights_fingerprint(backbone)}
+        return {
+            "model": _backbone.describe(backbone)["name"],
+            "weights": _backbone.weights_fingerprint(backbone),
+        }
 
     def _freeze_batchnorm(self) -> bool:
         if self.batchnorm == "auto":
@@ -405,18 +408,12 @@ class FineTunedEstimator(BaseEstimator):
         """``activation`` of the network's outputs for images ``X``, averaged over the
         ``tta`` views; from the cached frozen rows when ``memory`` was set at fit."""
         check_is_fitted(self)
-        source = as_images(X)
-        device = torch.device(self.net_.device)
-        backbone = self.net_.module_.eval().backbone
+        source = as_images(X, key=self.cache_key)
+        backbone, device = self.backbone_, self.device_
         if self.memory is not None and self.cache_identity_ and self.tta is None:
             return self._outputs_from_frozen_rows(source, backbone, device, activation)
-        views = TTA_VIEWS[self.tta]
-
-        def forward(x):
-            return sum(activation(backbone(view(x)).float()) for view in views) / len(views)
-
         return run_batches(
-            forward,
+            _ViewAverage(backbone, TTA_VIEWS[self.tta], activation),
             source,
             _backbone.eval_transform(self.data_config_),
             batch_size=self.batch_size,
@@ -466,9 +463,59 @@ class FineTunedEstimator(BaseEstimator):
             channels_last=_backbone.prefers_channels_last(backbone),
         )
 
+    def export_onnx(self, path, *, opset_version=18):
+        """Export the fine-tuned network to an ONNX file, for serving without Python.
+
+        The graph maps preprocessed images (float32, ``(batch, 3, height, width)``,
+        resized, cropped and normalised as ``data_config_`` says) to what
+        ``predict_proba`` gives (a classifier; with several label columns, their
+        probabilities side by side) or ``predict`` gives as a 2-D array (a regressor),
+        ``tta`` views included. The file's ``sktransfer`` metadata entry (JSON) records
+        the preprocessing, the output's name, ``classes_`` and the versions. Needs the
+        ``onnx`` extra (onnx, onnxscript; onnxruntime runs the file).
+
+        Parameters
+        ----------
+        path : str or path-like
+            Where to write the ``.onnx`` file.
+        opset_version : int, default=18
+            The ONNX opset.
+
+        Returns
+        -------
+        path : pathlib.Path
+        """
+        check_is_fitted(self)
+        network = _ViewAverage(self.backbone_, TTA_VIEWS[self.tta], self._output_activation())
+        return export_onnx(
+            network,
+            path,
+            input_size=self.data_config_["input_size"],
+            output=self._onnx_output,
+            metadata={"estimator": type(self).__name__, **self._onnx_metadata()},
+            opset_version=opset_version,
+        )
+
+    def _output_activation(self):
+        """What turns the network's outputs into the exported output."""
+        raise NotImplementedError
+
+    def _onnx_metadata(self) -> dict:
+        return {"preprocessing": self.data_config_}
+
     def _frozen_names(self, backbone) -> set[str]:
         groups = _backbone.block_groups(backbone)
         return {n for names in groups[: self.frozen_groups_] for n in names}
+
+    def __getstate__(self):
+        return to_data(super().__getstate__())
+
+    def __setstate__(self, state):
+        device = loadable_device(saved_device(state) or "cpu")
+        state = from_data(state, type(self).__name__, device)
+        if "backbone_" in state:
+            state["device_"] = device
+        super().__setstate__(state)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -501,6 +548,19 @@ def _hvflip(x):
 
 def _identity(x):
     return x
+
+
+class _ViewAverage(torch.nn.Module):
+    """``activation(backbone(view(x)))`` averaged over ``views``: a fine-tuner's
+    prediction as one module (what prediction runs and what ONNX files hold)."""
+
+    def __init__(self, backbone, views, activation):
+        super().__init__()
+        self.backbone, self.views, self.activation = backbone, tuple(views), activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = [self.activation(self.backbone(view(x)).float()) for view in self.views]
+        return sum(outputs) / len(outputs)
 
 
 # A fitted fine-tuner, bare or frozen, is a starting point too (sequential transfer).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import torch
 from sklearn.base import RegressorMixin
 
 from ._finetune import FineTunedEstimator
@@ -69,8 +71,14 @@ class FineTunedRegressor(RegressorMixin, FineTunedEstimator):
     random_state : int, RandomState or None, default=None
     verbose : bool, default=False
     callbacks : list of skorch callbacks or None, default=None
+        Extra callbacks (instances, or ``(name, callback)`` pairs), added to every
+        stage.
     memory : str, path-like, joblib.Memory or None, default=None
         Folder of the per-image activation cache, shared with the other estimators.
+    cache_key : {"stat", "content"}, default="stat"
+        How the cache recognises an image file: ``"stat"`` trusts its absolute path,
+        size and modification time; ``"content"`` hashes its bytes (for files rewritten
+        in place). In-memory images and encoded bytes are always keyed by content.
     activation_budget : int or str, default="4GiB"
         Memory allowed to the frozen activations of one fit; beyond it they spill to
         disk.
@@ -100,7 +108,7 @@ class FineTunedRegressor(RegressorMixin, FineTunedEstimator):
         weighted by ``sample_weight``.
     multioutput_ : bool
         Whether ``y`` was 2-D (then ``predict`` returns 2-D).
-    net_, history_, n_groups_, frozen_groups_, data_config_, cached_activations_, \
+    backbone_, device_, history_, n_groups_, frozen_groups_, data_config_, cached_activations_, \
 cache_identity_
         As in :class:`FineTunedClassifier`.
 
@@ -155,6 +163,7 @@ cache_identity_
         verbose=False,
         callbacks=None,
         memory=None,
+        cache_key="stat",
         activation_budget="4GiB",
         domain_adaptation=None,
         adaptation_weight=1.0,
@@ -185,6 +194,7 @@ cache_identity_
             verbose=verbose,
             callbacks=callbacks,
             memory=memory,
+            cache_key=cache_key,
             activation_budget=activation_budget,
             domain_adaptation=domain_adaptation,
             adaptation_weight=adaptation_weight,
@@ -243,6 +253,22 @@ cache_identity_
         values = standardised * self.target_scale_ + self.target_mean_
         return values if self.multioutput_ else values[:, 0]
 
+    _onnx_output = "predictions"
+
+    def _output_activation(self):
+        return _InUnitsOfY(self.target_mean_, self.target_scale_)
+
 
 def _unchanged(outputs):
     return outputs
+
+
+class _InUnitsOfY:
+    """Standardised outputs back in the units of ``y`` (float32, for ONNX files)."""
+
+    def __init__(self, mean, scale):
+        self.mean = torch.as_tensor(np.asarray(mean, dtype=np.float32))
+        self.scale = torch.as_tensor(np.asarray(scale, dtype=np.float32))
+
+    def __call__(self, outputs):
+        return outputs * self.scale + self.mean

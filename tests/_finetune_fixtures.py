@@ -275,6 +275,10 @@ _LOAD_AND_PREDICT = textwrap.dedent(
     for path in sys.argv[2:]:
         if path.endswith(".joblib"):
             est = joblib.load(path)
+        elif path.endswith(".skops"):
+            import skops.io as sio
+
+            est = sio.load(path, trusted=sio.get_untrusted_types(file=path))
         else:
             with open(path, "rb") as f:
                 est = pickle.load(f)

@@ -42,7 +42,7 @@ def domains():
 
 
 def batchnorms(estimator):
-    backbone = estimator.net_.module_.backbone
+    backbone = estimator.backbone_
     return [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
 
 
@@ -78,8 +78,8 @@ class TestAdaBN:
         adapted = tiny(domain_adaptation="adabn", batchnorm="frozen")
         adapted.fit(X, y, sample_domain=sample_domain)
         source_only = tiny(batchnorm="frozen").fit(X[:N], y[:N])
-        trained = dict(source_only.net_.module_.named_parameters())
-        for name, weight in adapted.net_.module_.named_parameters():
+        trained = dict(source_only.backbone_.named_parameters())
+        for name, weight in adapted.backbone_.named_parameters():
             torch.testing.assert_close(weight, trained[name])
         moved = [
             not torch.equal(a.running_mean, s.running_mean)
@@ -147,7 +147,7 @@ def trained_with_frozen_statistics(domains):
 
 def adapt(fitted, source, target):
     """AdaBN in one batch, so that batch moments are the moments of all the images."""
-    backbone = fitted.net_.module_.backbone
+    backbone = fitted.backbone_
     transform = eval_transform(fitted.data_config_)
     adapt_batchnorm(backbone, source, target, transform, batch_size=2 * N, device="cpu")
 
@@ -163,7 +163,7 @@ def normalised_moments(fitted, images):
         ).sqrt()
         seen.append((x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)))
 
-    backbone = fitted.net_.module_.backbone.eval()
+    backbone = fitted.backbone_.eval()
     handles = [m.register_forward_pre_hook(record) for m in batchnorms(fitted)]
     x = torch.stack([eval_transform(fitted.data_config_)(images.load(i)) for i in range(N)])
     with torch.no_grad():
@@ -283,7 +283,8 @@ class TestAlignmentLosses:
     def test_pickles_keep_no_training_parts(self, domains, method):
         X, y, sample_domain, _ = domains
         clf = tiny(domain_adaptation=method).fit(X, y, sample_domain=sample_domain)
-        assert clf.net_.module_.domain_head is None and clf.net_.alignment is None
+        modules = [k for k, v in vars(clf).items() if isinstance(v, torch.nn.Module)]
+        assert modules == ["backbone_"]  # no domain classifier, no target batches
         loaded = pickle.loads(pickle.dumps(clf))
         np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
 

@@ -44,7 +44,6 @@ from sklearn.utils import estimator_checks
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNet
-from skorch.exceptions import DeviceWarning
 
 from sktransfer import FineTunedClassifier
 from sktransfer._backbone import block_groups, classifier_names
@@ -72,7 +71,7 @@ def fitted(colours):
 
 def assert_unfitted(clf):
     assert not hasattr(clf, "classes_")
-    assert not hasattr(clf, "net_")
+    assert not hasattr(clf, "backbone_")
     with pytest.raises(NotFittedError):
         check_is_fitted(clf)
     with pytest.raises(NotFittedError):
@@ -169,16 +168,14 @@ class TestFittedAttributes:
             assert 0.0 <= record["valid_acc"] <= 1.0
             assert "batches" not in record
 
-    def test_net_is_a_trimmed_skorch_net(self, fitted):
-        assert isinstance(fitted.net_, NeuralNet)
-        assert fitted.net_.optimizer_ is None
-        assert fitted.net_.criterion_ is None
-        assert fitted.net_.module_.split is None
-        assert not fitted.net_.module_.training
-        assert classifier_names(fitted.net_.module_.backbone)
+    def test_only_the_fine_tuned_backbone_is_kept(self, fitted):
+        assert not [v for v in vars(fitted).values() if isinstance(v, NeuralNet)]
+        assert not fitted.backbone_.training
+        assert fitted.device_ == torch.device("cpu")
+        assert classifier_names(fitted.backbone_)
 
     def test_groups_and_data_config(self, fitted):
-        backbone = fitted.net_.module_.backbone
+        backbone = fitted.backbone_
         assert fitted.n_groups_ == len(block_groups(backbone)) == 6
         assert fitted.frozen_groups_ == 2
         assert fitted.data_config_["input_size"] == (3, 32, 32)
@@ -203,7 +200,7 @@ class TestFittedAttributes:
         X, y = colours
         clf = tiny(model=model, freeze_depth=freeze_depth, head_epochs=0, max_epochs=0)
         clf.fit(X, y)
-        assert clf.n_groups_ == len(block_groups(clf.net_.module_.backbone))
+        assert clf.n_groups_ == len(block_groups(clf.backbone_))
         assert clf.frozen_groups_ in expected
         assert clf.history_ == []
 
@@ -235,7 +232,7 @@ class TestFreezing:
         assert clf.cached_activations_ is (augment is None)
         assert len(snapshots.at_train_begin_) == 2
         before = snapshots.at_train_begin_[0]
-        backbone = clf.net_.module_.backbone
+        backbone = clf.backbone_
         after = backbone.state_dict()
 
         params, buffers = frozen_names(backbone, clf.frozen_groups_)
@@ -272,8 +269,8 @@ class TestFreezing:
         clf.fit(X, y)
         assert [r["stage"] for r in clf.history_] == ["head"]
         before = snapshots.at_train_begin_[0]
-        after = clf.net_.module_.backbone.state_dict()
-        head = set(classifier_names(clf.net_.module_.backbone))
+        after = clf.backbone_.state_dict()
+        head = set(classifier_names(clf.backbone_))
         changed = {k for k in after if not torch.equal(after[k], before[k])}
         assert changed == head
 
@@ -306,12 +303,12 @@ class TestSchedule:
         clf, groups = recorded
         head_stage = groups.stages_[0]
         names = [n for group_names, _, _ in head_stage for n in group_names]
-        assert sorted(names) == sorted(classifier_names(clf.net_.module_.backbone))
+        assert sorted(names) == sorted(classifier_names(clf.backbone_))
         assert all(lr == LR for _, lr, _ in head_stage)
 
     def test_finetune_groups_hold_every_trainable_parameter_once(self, recorded):
         clf, groups = recorded
-        backbone = clf.net_.module_.backbone
+        backbone = clf.backbone_
         names = [n for group_names, _, _ in groups.stages_[1] for n in group_names]
         assert len(names) == len(set(names))
         assert set(names) == trainable_names(backbone, clf.frozen_groups_)
@@ -320,7 +317,7 @@ class TestSchedule:
 
     def test_finetune_learning_rates_decay_towards_the_input(self, recorded):
         clf, groups = recorded
-        backbone = clf.net_.module_.backbone
+        backbone = clf.backbone_
         index = group_of(backbone)
         params = dict(backbone.named_parameters())
         n_groups = clf.n_groups_
@@ -506,7 +503,7 @@ class TestEarlyStopping:
 
     def test_restores_the_best_epochs_weights(self, stopped):
         clf, snapshots, _, _ = stopped
-        final = clf.net_.module_.backbone.state_dict()
+        final = clf.backbone_.state_dict()
         losses = [r["valid_loss"] for r in clf.history_]
         best_epoch = clf.history_[int(np.argmin(losses))]["epoch"]
         assert best_epoch < clf.history_[-1]["epoch"]
@@ -650,14 +647,19 @@ class TestBadInput:
         assert_unfitted(clf)
 
     @pytest.mark.parametrize("case", list(BAD_FITS))
-    def test_failed_refit_leaves_an_unfitted_estimator(self, case, fitted, colours, image_files):
+    def test_failed_refit_keeps_the_working_model(self, case, fitted, colours, image_files):
         params, X, y, error, match = self._case(case, colours, image_files)
         clf = pickle.loads(pickle.dumps(fitted))
-        check_is_fitted(clf)
+        before = dict(vars(clf))
         clf.set_params(**params)
         with pytest.raises(error, match=match):
             clf.fit(X, y)
-        assert_unfitted(clf)
+        fitted_names = [k for k in before if k.endswith("_") and not k.startswith("_")]
+        assert all(vars(clf)[k] is before[k] for k in fitted_names)
+        assert sorted(k for k in vars(clf) if k.endswith("_")) == sorted(fitted_names)
+        np.testing.assert_array_equal(
+            clf.predict_proba(colours[0]), fitted.predict_proba(colours[0])
+        )
 
     @pytest.mark.parametrize("case", list(BAD_PARAMS))
     def test_invalid_parameters_are_rejected_in_fit(self, case, colours):
@@ -724,12 +726,10 @@ def _joblib_bytes(obj) -> bytes:
 
 class TestPickling:
     def test_fitted_model_pickles_lean(self, fitted):
-        assert fitted.net_.optimizer_ is None
-        assert fitted.net_.criterion_ is None
-        assert_lean_pickle(fitted, fitted.net_.module_)
+        assert_lean_pickle(fitted, fitted.backbone_)
 
     def test_fitted_search_pickles_lean(self, fitted_search):
-        assert_lean_pickle(fitted_search, fitted_search.best_estimator_.net_.module_)
+        assert_lean_pickle(fitted_search, fitted_search.best_estimator_.backbone_)
 
     def test_round_trip_in_this_process(self, fitted, colours):
         X, _ = colours
@@ -737,7 +737,7 @@ class TestPickling:
         assert np.array_equal(loaded.predict_proba(X), fitted.predict_proba(X))
         np.testing.assert_array_equal(loaded.predict(X), fitted.predict(X))
         assert loaded.history_ == fitted.history_
-        assert loaded.net_.module_ is not fitted.net_.module_
+        assert loaded.backbone_ is not fitted.backbone_
 
     def test_fresh_process_predicts_the_same(self, fitted, fitted_search, colours, tmp_path):
         X, _ = colours
@@ -756,21 +756,13 @@ class TestPickling:
         X, _ = colours
         expected = fitted.predict_proba(X)
         with monkeypatch.context() as m:
-            # Storages record where they lived; pretend they lived on the GPU.
-            m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
-            m.setattr(fitted.net_, "device", "cuda")
+            m.setattr(fitted, "device_", torch.device("cuda"))  # as if trained on a GPU
             data = pickle.dumps(fitted)
-            cuda_tensor = pickle.dumps(torch.zeros(3))
-        assert fitted.net_.device == "cpu"
-
-        # The tag is real: a plain unpickler cannot place such a storage on this machine.
-        with pytest.raises(RuntimeError, match="CUDA"):
-            pickle.loads(cuda_tensor)
-
-        with pytest.warns(DeviceWarning):
+        assert fitted.device_ == torch.device("cpu")
+        with pytest.warns(UserWarning, match="saved on device 'cuda', which is not available"):
             loaded = pickle.loads(data)
-        assert torch.device(loaded.net_.device) == torch.device("cpu")
-        devices = {p.device for p in loaded.net_.module_.parameters()}
+        assert loaded.device_ == torch.device("cpu")
+        devices = {p.device for p in loaded.backbone_.parameters()}
         assert devices == {torch.device("cpu")}
         assert np.array_equal(loaded.predict_proba(X), expected)
 

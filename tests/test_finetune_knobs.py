@@ -85,13 +85,13 @@ class TestBatchNorm:
             callbacks=[snapshots, modes],
         ).fit(X, y)
         before = snapshots.at_train_begin_[0]
-        after = clf.net_.module_.backbone.state_dict()
+        after = clf.backbone_.state_dict()
         stats = {k for k in after if k.rsplit(".", 1)[1] in ("running_mean", "running_var")}
         assert stats
         changed = changed_keys(before, after)
         assert not changed & stats
         # the affine weights of the same layers still train
-        bn_weights = {f"{name}.weight" for name in batchnorm_modules(clf.net_.module_.backbone)}
+        bn_weights = {f"{name}.weight" for name in batchnorm_modules(clf.backbone_)}
         assert bn_weights <= changed
         assert all(not training for stage in modes.stages_ for training in stage)
 
@@ -99,10 +99,10 @@ class TestBatchNorm:
         X, y = colours
         snapshots, modes = BackboneSnapshots(), BatchNormModes()
         clf = tiny(freeze_depth=0, batchnorm="train", callbacks=[snapshots, modes]).fit(X, y)
-        after = clf.net_.module_.backbone.state_dict()
+        after = clf.backbone_.state_dict()
         changed = changed_keys(snapshots.at_train_begin_[0], after)
         assert {k for k in changed if k.endswith("running_mean")}
-        bns = set(batchnorm_modules(clf.net_.module_.backbone))
+        bns = set(batchnorm_modules(clf.backbone_))
         assert all(training == bns for training in modes.stages_[1])
 
     @pytest.mark.parametrize("weights, frozen", [(None, False), ("checkpoint", True)])
@@ -126,7 +126,7 @@ class TestAugmentPresets:
         [("randaugment", 2, 0.5, False), ("trivialaugment", 1, 1.0, True)],
     )
     def test_presets_are_timm_randaugment(self, preset, n_ops, prob, uniform):
-        model = tiny().fit(*_two_classes()).net_.module_.backbone
+        model = tiny().fit(*_two_classes()).backbone_
         tf = train_transform(data_config(model, 32), preset)
         rand = [t for t in tf.transforms if type(t).__name__ == "RandAugment"]
         assert len(rand) == 1
@@ -138,7 +138,7 @@ class TestAugmentPresets:
     @pytest.mark.parametrize("preset", ["randaugment", "trivialaugment"])
     @pytest.mark.parametrize("magnitude", [0.0, 100.0], ids=["weakest", "strongest"])
     def test_every_operation_runs_at_both_ends_of_its_range(self, preset, magnitude):
-        model = tiny().fit(*_two_classes()).net_.module_.backbone
+        model = tiny().fit(*_two_classes()).backbone_
         tf = train_transform(data_config(model, 32), preset)
         (rand,) = [t for t in tf.transforms if type(t).__name__ == "RandAugment"]
         image = Image.fromarray(colour_images(np.array([1]))[0])
@@ -224,7 +224,7 @@ class TestWeightAverage:
         snapshots = BackboneSnapshots()
         clf = tiny(freeze_depth=3, lr=0.05, ema=0.9, callbacks=[snapshots]).fit(X, y)
         last_step = snapshots.after_last_step_[-1]
-        final = clf.net_.module_.backbone.state_dict()
+        final = clf.backbone_.state_dict()
         changed = changed_keys(last_step, final)
         head = {k for k in final if k.startswith("classifier")}
         assert head <= changed  # the average differs from the last weights
@@ -235,9 +235,7 @@ class TestWeightAverage:
         X, y = colours
         snapshots = BackboneSnapshots()
         clf = tiny(freeze_depth=3, callbacks=[snapshots]).fit(X, y)
-        assert not changed_keys(
-            snapshots.after_last_step_[-1], clf.net_.module_.backbone.state_dict()
-        )
+        assert not changed_keys(snapshots.after_last_step_[-1], clf.backbone_.state_dict())
 
     @pytest.mark.parametrize("ema", [0, 1, 1.5, -0.1])
     def test_decay_outside_zero_one_is_refused(self, colours, ema):
@@ -260,7 +258,7 @@ class TestTTA:
     )
     def test_probabilities_are_averaged_over_flips(self, fitted, colours, tta, dims):
         X, _ = colours
-        backbone = fitted.net_.module_.backbone.eval()
+        backbone = fitted.backbone_.eval()
         tf = eval_transform(fitted.data_config_)
         x = torch.stack([tf(Image.fromarray(img)) for img in X])
         with torch.inference_mode():
@@ -328,7 +326,7 @@ class TestSampleWeight:
         clf = tiny()
         with pytest.raises(ValueError, match=match):
             clf.fit(X, y, sample_weight=weights)
-        assert not hasattr(clf, "net_")
+        assert not hasattr(clf, "backbone_")
 
     @pytest.fixture
     def seen(self, monkeypatch):

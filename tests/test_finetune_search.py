@@ -67,7 +67,7 @@ class TestParameters:
         fitted = one_epoch(freeze_depth="all").fit(X, y)
         copy = clone(fitted)
         assert copy.get_params() == fitted.get_params()
-        assert not hasattr(copy, "net_")
+        assert not hasattr(copy, "backbone_")
         with pytest.raises(NotFittedError):
             copy.predict(X)
         check_is_fitted(fitted)

@@ -43,7 +43,7 @@ class TestPredictions:
     def test_one_head_per_column(self, fitted):
         assert fitted.multitask_ and not fitted.multilabel_
         assert [list(c) for c in fitted.classes_] == [["0", "1", "2"], ["cold", "warm"]]
-        assert fitted.net_.module_.backbone.get_classifier().out_features == 3 + 2
+        assert fitted.backbone_.get_classifier().out_features == 3 + 2
 
     def test_predict_is_one_column_per_task(self, fitted):
         X_test, Y_test = two_tasks(30, seed=1)

@@ -70,7 +70,7 @@ class TestPredictions:
 
     def test_tta_averages_the_flipped_views(self, fitted, data):
         X, _ = data
-        backbone = fitted.net_.module_.backbone.eval()
+        backbone = fitted.backbone_.eval()
         tf = eval_transform(fitted.data_config_)
         x = torch.stack([tf(Image.fromarray(img)) for img in X])
         with torch.inference_mode():
@@ -198,7 +198,7 @@ class TestBadInput:
         reg = regressor()
         with pytest.raises(ValueError, match=match):
             reg.fit(X, y)
-        assert not hasattr(reg, "net_")
+        assert not hasattr(reg, "backbone_")
 
     def test_unknown_loss(self, data):
         X, y = data

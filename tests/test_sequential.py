@@ -36,7 +36,7 @@ def donor(task):
 
 def body(estimator) -> dict[str, torch.Tensor]:
     """The backbone's tensors but the classifier's."""
-    backbone = estimator.net_.module_.backbone
+    backbone = estimator.backbone_
     head = set(classifier_names(backbone))
     return {k: v for k, v in backbone.state_dict().items() if k not in head}
 
@@ -58,7 +58,7 @@ class TestStartingPoint:
         binary = (np.arange(36) % 2).astype(str)
         child = untrained(weights=donor).fit(X, binary)
         assert_same_body(body(child), body(donor))
-        assert child.net_.module_.backbone.get_classifier().out_features == 2  # a new head
+        assert child.backbone_.get_classifier().out_features == 2  # a new head
 
     def test_pretrained_start_differs(self, donor, task):
         X, y = task
@@ -104,7 +104,7 @@ class TestStartingPoint:
             "test_efficientnet", weights=None, image_size=32, device="cpu"
         ).fit()
         assert not np.allclose(fine_tuned, random_init.transform(X[:4]))
-        backbone = donor.net_.module_.backbone.eval()
+        backbone = donor.backbone_.eval()
         preprocess = eval_transform(extractor.data_config_)
         x = torch.stack([preprocess(Image.fromarray(img)) for img in X[:4]])
         with torch.inference_mode():

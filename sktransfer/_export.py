@@ -1,0 +1,70 @@
+"""ONNX export of a fitted estimator's network, its preprocessing recorded in the file.
+
+The exported graph takes preprocessed images, a float32 array ``images`` of shape
+``(batch, 3, height, width)``, and gives what the estimator gives (embeddings,
+probabilities or predictions). Decoding, resizing, cropping and normalising stay outside
+the graph, as in any image-model service: the file's ``sktransfer`` metadata entry (JSON)
+records how, with the estimator's name, its outputs, its classes and the versions that
+exported it. The user guide's serving page shows the preprocessing in plain numpy/PIL.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._state import versions
+
+METADATA_KEY = "sktransfer"
+
+
+def export_onnx(
+    network: nn.Module, path, *, input_size, output: str, metadata: dict, opset_version: int
+) -> Path:
+    """Write ``network`` (a copy of it, float32 on the CPU) to the ONNX file ``path``.
+
+    ``metadata`` is stored as JSON under the key ``"sktransfer"``, with the versions and
+    the names of the input and output added.
+    """
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ImportError(
+            "export_onnx needs the onnx and onnxscript packages: pip install "
+            "'sktransfer[onnx]' (onnxruntime, to run the file, is in that extra too)."
+        ) from exc
+    path = Path(os.fspath(path))
+    network = copy.deepcopy(network).to("cpu", torch.float32).eval()
+    network = network.to(memory_format=torch.contiguous_format)
+    example = torch.zeros(2, *input_size)
+    program = torch.onnx.export(
+        network,
+        (example,),
+        dynamo=True,
+        input_names=["images"],
+        output_names=[output],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        opset_version=opset_version,
+        verbose=False,
+    )
+    model = program.model_proto
+    info = {"input": "images", "output": output, **metadata, "versions": versions()}
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(info, default=_plain)
+    onnx.save(model, str(path))
+    return path
+
+
+def _plain(value):
+    """JSON for what ``json`` does not know: numpy scalars and arrays."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)

@@ -1,0 +1,160 @@
+"""Fitted state: swapped in whole when a fit succeeds, and stored as plain data.
+
+A fit computes its fitted attributes aside and :func:`swap_in` installs them at the end,
+so a fit that fails (a bad image, Ctrl-C) leaves the previous model working, and a
+thread that predicts meanwhile never finds it half-built.
+
+What pickle, joblib and ``skops.io`` store is data only: :func:`to_data` replaces each
+torch module of an estimator's state by its timm name, constructor arguments and tensors
+(numpy arrays), and each ``torch.device`` by its name; :func:`from_data` rebuilds them
+with timm. No timm, torch-module or skorch class is referenced by the file, so a timm
+upgrade that renames a class cannot break it, and loading runs no code of those
+libraries' classes. The versions of sktransfer, timm and torch are stored alongside; a
+file saved with other versions warns (:class:`InconsistentVersionWarning`) when loaded.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import _backbone
+
+_MODULE = "sktransfer:module"
+_DEVICE = "sktransfer:device"
+_VERSIONS = "_sktransfer_versions"
+
+
+class InconsistentVersionWarning(UserWarning):
+    """Loading a model saved with another version of sktransfer, timm or torch.
+
+    Like scikit-learn's warning of the same name: the model is rebuilt from its stored
+    architecture and weights, which usually works across versions, but its predictions
+    should be checked, or the model refitted with the current versions.
+
+    Attributes
+    ----------
+    estimator_name : str
+    package : str
+        ``"sktransfer"``, ``"timm"`` or ``"torch"``.
+    original_version, current_version : str
+    """
+
+    def __init__(self, *, estimator_name, package, original_version, current_version):
+        self.estimator_name = estimator_name
+        self.package = package
+        self.original_version = original_version
+        self.current_version = current_version
+
+    def __str__(self):
+        return (
+            f"Loading {self.estimator_name} saved with {self.package} "
+            f"{self.original_version} while {self.package} {self.current_version} is "
+            "installed. It is rebuilt from its stored architecture and weights; check its "
+            f"predictions, or install {self.package}=={self.original_version}, or refit it."
+        )
+
+
+def swap_in(estimator, fitted: Mapping) -> None:
+    """Replace the fitted attributes of ``estimator`` (names ending in ``_``) by
+    ``fitted`` in one step; attributes of an earlier fit that ``fitted`` lacks go."""
+    stale = [k for k in vars(estimator) if _is_fitted_name(k) and k not in fitted]
+    vars(estimator).update(fitted)
+    for name in stale:
+        vars(estimator).pop(name, None)
+
+
+def _is_fitted_name(name: str) -> bool:
+    return name.endswith("_") and not name.startswith("_")
+
+
+def versions() -> dict[str, str]:
+    """The versions that a saved model records."""
+    from . import __version__
+
+    return {
+        "sktransfer": __version__,
+        "timm": _backbone.TIMM_VERSION,
+        "torch": str(torch.__version__),
+    }
+
+
+def to_data(state: Mapping) -> dict:
+    """``state`` (an estimator's ``__dict__``) with torch modules and devices as data."""
+    data = {k: _value_to_data(v) for k, v in state.items()}
+    if any(_is_fitted_name(k) for k in state):
+        data[_VERSIONS] = versions()
+    return data
+
+
+def from_data(data: Mapping, estimator_name: str, device: torch.device) -> dict:
+    """The state that :func:`to_data` stored, modules rebuilt on ``device`` (in eval
+    mode); warns when it was saved with other versions."""
+    state = dict(data)
+    saved = state.pop(_VERSIONS, None)
+    if saved is not None:
+        _warn_on_other_versions(saved, estimator_name)
+    return {k: _value_from_data(v, device) for k, v in state.items()}
+
+
+def saved_device(data: Mapping) -> str | None:
+    """The name of the device that the fitted state of ``data`` was on, if any."""
+    value = data.get("device_")
+    if isinstance(value, Mapping) and value.get("kind") == _DEVICE:
+        return value["name"]
+    return None if value is None else str(value)
+
+
+def _value_to_data(value):
+    if isinstance(value, nn.Module):
+        tensors = value.state_dict()
+        return {
+            "kind": _MODULE,
+            "architecture": _backbone.describe(value),
+            "tensors": {k: _array(t) for k, t in tensors.items()},
+            "dtypes": {k: str(t.dtype).removeprefix("torch.") for k, t in tensors.items()},
+        }
+    if isinstance(value, torch.device):
+        return {"kind": _DEVICE, "name": str(value)}
+    return value
+
+
+def _value_from_data(value, device: torch.device):
+    if not isinstance(value, Mapping):
+        return value
+    if value.get("kind") == _DEVICE:
+        return torch.device(value["name"])
+    if value.get("kind") != _MODULE:
+        return value
+    tensors = {
+        k: torch.from_numpy(np.array(a)).to(getattr(torch, value["dtypes"][k]))
+        for k, a in value["tensors"].items()
+    }
+    return _backbone.rebuild(value["architecture"], tensors).to(device)
+
+
+def _array(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor as a numpy array (dtypes numpy lacks, such as bfloat16, as float32)."""
+    tensor = tensor.detach().to("cpu")
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
+    return tensor.contiguous().numpy()
+
+
+def _warn_on_other_versions(saved: Mapping, estimator_name: str) -> None:
+    for package, current in versions().items():
+        original = saved.get(package)
+        if original is not None and original != current:
+            warnings.warn(
+                InconsistentVersionWarning(
+                    estimator_name=estimator_name,
+                    package=package,
+                    original_version=original,
+                    current_version=current,
+                ),
+                stacklevel=4,
+            )
