@@ -12,17 +12,19 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _backbone
 from ._cache import EmbeddingCache, cache_namespace
-from ._device import loadable_device, resolve_device, resolve_precision
+from ._device import resolve_device, resolve_precision
 from ._export import export_onnx
 from ._images import as_images
 from ._inference import run_batches
 from ._params import HasMethods, Interval, Options, validate_params
-from ._state import from_data, saved_device, swap_in, to_data
+from ._state import StoredAsData, swap_in
 
 PRECISIONS = ("auto", "float32", "float16", "bfloat16")
 
 
-class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class PretrainedFeatureExtractor(
+    StoredAsData, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
+):
     """Embed images with a pretrained timm backbone.
 
     A scikit-learn transformer: images in, a float32 array of embeddings out. The backbone
@@ -307,17 +309,13 @@ class PretrainedFeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMix
     def _n_features_out(self):
         return self.n_features_out_
 
-    def __getstate__(self):
-        return to_data(super().__getstate__())
-
-    def __setstate__(self, state):
-        device = loadable_device(saved_device(state) or "cpu")
-        state = from_data(state, type(self).__name__, device)
-        if "backbone_" in state:
-            state["backbone_"] = _to_device(state["backbone_"], device)
-            state["device_"] = device
-            state["precision_"] = resolve_precision(state["precision"], device)
-        super().__setstate__(state)
+    def _placed_on(self, state: dict, device) -> dict:
+        return {
+            **state,
+            "backbone_": _to_device(state["backbone_"], device),
+            "device_": device,
+            "precision_": resolve_precision(state["precision"], device),
+        }
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

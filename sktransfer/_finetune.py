@@ -23,12 +23,12 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from . import _backbone
-from ._device import loadable_device, resolve_device, resolve_precision
+from ._device import resolve_device, resolve_precision
 from ._export import export_onnx
 from ._images import as_images
 from ._inference import array_batches, parse_bytes, run_batches, run_forward
 from ._params import HasMethods, Interval, Options, validate_params
-from ._state import from_data, saved_device, swap_in, to_data
+from ._state import StoredAsData, swap_in
 from ._targets import Targets, check_sample_weight, split_domains, take_rows
 from ._trainer import (
     Stage,
@@ -41,7 +41,7 @@ from ._trainer import (
 from ._training import OPTIMIZERS
 
 
-class FineTunedEstimator(BaseEstimator):
+class FineTunedEstimator(StoredAsData, BaseEstimator):
     """Base class of :class:`FineTunedClassifier` and :class:`FineTunedRegressor`.
 
     Not meant to be used directly: the subclasses document the parameters.
@@ -506,16 +506,6 @@ class FineTunedEstimator(BaseEstimator):
     def _frozen_names(self, backbone) -> set[str]:
         groups = _backbone.block_groups(backbone)
         return {n for names in groups[: self.frozen_groups_] for n in names}
-
-    def __getstate__(self):
-        return to_data(super().__getstate__())
-
-    def __setstate__(self, state):
-        device = loadable_device(saved_device(state) or "cpu")
-        state = from_data(state, type(self).__name__, device)
-        if "backbone_" in state:
-            state["device_"] = device
-        super().__setstate__(state)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

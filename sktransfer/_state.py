@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from . import _backbone
+from ._device import loadable_device
 
 _MODULE = "sktransfer:module"
 _DEVICE = "sktransfer:device"
@@ -57,6 +58,26 @@ class InconsistentVersionWarning(UserWarning):
             "installed. It is rebuilt from its stored architecture and weights; check its "
             f"predictions, or install {self.package}=={self.original_version}, or refit it."
         )
+
+
+class StoredAsData:
+    """Mixin of the estimators: pickle, joblib and skops store their state as data
+    (:func:`to_data`); loading rebuilds the model on the device it was saved on, or on
+    the CPU where that device is missing (with a warning)."""
+
+    def __getstate__(self):
+        return to_data(super().__getstate__())
+
+    def __setstate__(self, state):
+        device = loadable_device(saved_device(state) or "cpu")
+        state = from_data(state, type(self).__name__, device)
+        if "backbone_" in state:
+            state = self._placed_on(state, device)
+        super().__setstate__(state)
+
+    def _placed_on(self, state: dict, device) -> dict:
+        """The loaded fitted state, adjusted to run on ``device``."""
+        return {**state, "device_": device}
 
 
 def swap_in(estimator, fitted: Mapping) -> None:
