@@ -363,7 +363,7 @@ class TestThreads:
     @pytest.mark.parametrize("name", ["classifier", "pipe"])
     def test_eight_threads_predict_exactly_the_sequential_results(self, name, request):
         model = request.getfixturevalue(name)
-        model = model[0] if isinstance(model, tuple) else model
+        model = pickle.loads(pickle.dumps(model[0] if isinstance(model, tuple) else model))
         batches = [colour_images(np.arange(i % 3 + 2) % 3, seed=i) for i in range(16)]
         sequential = [outputs(model, b) for b in batches]
         results = [None] * len(batches)
