@@ -28,6 +28,7 @@ from sktransfer import (
     FineTunedClassifier,
     FineTunedRegressor,
     InconsistentVersionWarning,
+    PretrainedFeatureExtractor,
 )
 
 skops_io = pytest.importorskip("skops.io")
@@ -388,3 +389,17 @@ def test_joblib_round_trip_of_a_regressor(regressor, colours):
     np.testing.assert_array_equal(
         joblib.load(buffer).predict(colours[0]), regressor.predict(colours[0])
     )
+
+
+@pytest.mark.slow
+def test_onnx_of_real_imagenet_weights_on_real_cells(lite0_weights, elpv_subset, tmp_path):
+    """EfficientNet-Lite0's ImageNet weights (mean = std = 0.5, bicubic) on greyscale
+    300 x 300 ELPV files: the recorded preprocessing is all a service needs."""
+    paths, _, _ = elpv_subset(4, seed=0)
+    extractor = PretrainedFeatureExtractor(
+        "tf_efficientnet_lite0", weights=str(lite0_weights), image_size=96
+    ).fit()
+    images = [Image.open(p) for p in paths]
+    got, meta = run_onnx(extractor.export_onnx(tmp_path / "lite0.onnx"), images)
+    assert meta["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    np.testing.assert_allclose(got, extractor.transform(paths), rtol=1e-4, atol=1e-4)
