@@ -399,7 +399,6 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
     def _onnx_metadata(self) -> dict:
         classes = self.classes_ if self.multitask_ else [self.classes_]
         return {
-            **super()._onnx_metadata(),
             "classes": [np.asarray(c).tolist() for c in classes],
             "multilabel": bool(self.multilabel_),
         }

@@ -17,11 +17,59 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._state import versions
 
 METADATA_KEY = "sktransfer"
+
+
+class ExportsOnnx:
+    """Mixin of the estimators: :meth:`export_onnx`. Each estimator says what its network
+    is with ``_onnx_network() -> (module, output name, metadata)``."""
+
+    def export_onnx(self, path, *, opset_version=18):
+        """Export the fitted network to an ONNX file, for serving without Python.
+
+        The graph maps preprocessed images (float32, ``(batch, 3, height, width)``,
+        resized, cropped and normalised as ``data_config_`` says) to what the estimator
+        gives: ``features`` (``transform``), ``probabilities`` (``predict_proba``; with
+        several label columns, side by side) or ``predictions`` (``predict``, always
+        2-D), test-time augmentation included. The file's ``sktransfer`` metadata entry
+        (JSON) records the preprocessing, the input and output names, ``classes_`` (of
+        classifiers), ``layer`` and ``pooling`` (of extractors) and the versions. Needs
+        the ``onnx`` extra (onnx, onnxscript; onnxruntime runs the file). The serving
+        page of the user guide shows the preprocessing in numpy and PIL.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Where to write the ``.onnx`` file.
+        opset_version : int, default=18
+            The ONNX opset.
+
+        Returns
+        -------
+        path : pathlib.Path
+        """
+        check_is_fitted(self)
+        network, output, metadata = self._onnx_network()
+        return export_onnx(
+            network,
+            path,
+            input_size=self.data_config_["input_size"],
+            output=output,
+            metadata={
+                "estimator": type(self).__name__,
+                "preprocessing": self.data_config_,
+                **metadata,
+            },
+            opset_version=opset_version,
+        )
+
+    def _onnx_network(self) -> tuple[nn.Module, str, dict]:
+        raise NotImplementedError
 
 
 def export_onnx(

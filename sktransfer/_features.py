@@ -13,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import _backbone
 from ._cache import EmbeddingCache, cache_namespace
 from ._device import resolve_device, resolve_precision
-from ._export import export_onnx
+from ._export import ExportsOnnx
 from ._images import as_images
 from ._inference import run_batches
 from ._params import HasMethods, Interval, Options, validate_params
@@ -23,7 +23,7 @@ PRECISIONS = ("auto", "float32", "float16", "bfloat16")
 
 
 class PretrainedFeatureExtractor(
-    StoredAsData, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
+    StoredAsData, ExportsOnnx, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
 ):
     """Embed images with a pretrained timm backbone.
 
@@ -241,41 +241,9 @@ class PretrainedFeatureExtractor(
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return _forward(vars(self), x)
 
-    def export_onnx(self, path, *, opset_version=18):
-        """Export the embedding network to an ONNX file, for serving without Python.
-
-        The graph maps preprocessed images (float32, ``(batch, 3, height, width)``,
-        resized, cropped and normalised as ``data_config_`` says) to what
-        :meth:`transform` gives. The file's ``sktransfer`` metadata entry (JSON) records
-        the preprocessing, the output's name (``"features"``), ``layer`` and ``pooling``
-        and the versions. Needs the ``onnx`` extra (onnx, onnxscript; onnxruntime runs
-        the file).
-
-        Parameters
-        ----------
-        path : str or path-like
-            Where to write the ``.onnx`` file.
-        opset_version : int, default=18
-            The ONNX opset.
-
-        Returns
-        -------
-        path : pathlib.Path
-        """
-        check_is_fitted(self)
-        return export_onnx(
-            _Embedding(self.backbone_, self.layer_, self.pooling_),
-            path,
-            input_size=self.data_config_["input_size"],
-            output="features",
-            metadata={
-                "estimator": type(self).__name__,
-                "preprocessing": self.data_config_,
-                "layer": self.layer_,
-                "pooling": self.pooling_,
-            },
-            opset_version=opset_version,
-        )
+    def _onnx_network(self):
+        network = _Embedding(self.backbone_, self.layer_, self.pooling_)
+        return network, "features", {"layer": self.layer_, "pooling": self.pooling_}
 
     def _check_backbone(self, backbone, blocks) -> None:
         if self.pooling == "token" and not _backbone.has_prefix_tokens(backbone):

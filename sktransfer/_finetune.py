@@ -24,7 +24,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _backbone
 from ._device import resolve_device, resolve_precision
-from ._export import export_onnx
+from ._export import ExportsOnnx
 from ._images import as_images
 from ._inference import array_batches, parse_bytes, run_batches, run_forward
 from ._params import HasMethods, Interval, Options, validate_params
@@ -41,7 +41,7 @@ from ._trainer import (
 from ._training import OPTIMIZERS
 
 
-class FineTunedEstimator(StoredAsData, BaseEstimator):
+class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
     """Base class of :class:`FineTunedClassifier` and :class:`FineTunedRegressor`.
 
     Not meant to be used directly: the subclasses document the parameters.
@@ -463,45 +463,16 @@ class FineTunedEstimator(StoredAsData, BaseEstimator):
             channels_last=_backbone.prefers_channels_last(backbone),
         )
 
-    def export_onnx(self, path, *, opset_version=18):
-        """Export the fine-tuned network to an ONNX file, for serving without Python.
-
-        The graph maps preprocessed images (float32, ``(batch, 3, height, width)``,
-        resized, cropped and normalised as ``data_config_`` says) to what
-        ``predict_proba`` gives (a classifier; with several label columns, their
-        probabilities side by side) or ``predict`` gives as a 2-D array (a regressor),
-        ``tta`` views included. The file's ``sktransfer`` metadata entry (JSON) records
-        the preprocessing, the output's name, ``classes_`` and the versions. Needs the
-        ``onnx`` extra (onnx, onnxscript; onnxruntime runs the file).
-
-        Parameters
-        ----------
-        path : str or path-like
-            Where to write the ``.onnx`` file.
-        opset_version : int, default=18
-            The ONNX opset.
-
-        Returns
-        -------
-        path : pathlib.Path
-        """
-        check_is_fitted(self)
+    def _onnx_network(self):
         network = _ViewAverage(self.backbone_, TTA_VIEWS[self.tta], self._output_activation())
-        return export_onnx(
-            network,
-            path,
-            input_size=self.data_config_["input_size"],
-            output=self._onnx_output,
-            metadata={"estimator": type(self).__name__, **self._onnx_metadata()},
-            opset_version=opset_version,
-        )
+        return network, self._onnx_output, self._onnx_metadata()
 
     def _output_activation(self):
         """What turns the network's outputs into the exported output."""
         raise NotImplementedError
 
     def _onnx_metadata(self) -> dict:
-        return {"preprocessing": self.data_config_}
+        return {}
 
     def _frozen_names(self, backbone) -> set[str]:
         groups = _backbone.block_groups(backbone)
