@@ -289,7 +289,18 @@ class TestWeightFiles:
 # ---------------------------------------------------------------------------- Ctrl-C
 
 
+@pytest.fixture
+def interruptible():
+    """Python's own SIGINT handler, as in a terminal: a process started in the
+    background (nohup, some CI runners) inherits SIGINT ignored, and Ctrl-C cannot
+    reach it at all."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 class TestKeyboardInterrupt:
+    @pytest.mark.usefixtures("interruptible")
     def test_ctrl_c_during_training_stops_fit(self, colours):
         """skorch's ``partial_fit`` swallows KeyboardInterrupt: fit used to go on to the
         next stage and return a half-trained model as if nothing had happened."""
