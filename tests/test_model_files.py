@@ -294,6 +294,15 @@ class TestOnnx:
         assert meta["output"] == "probabilities" and meta["classes"] == [ANIMALS.tolist()]
         assert_close_to(got, classifier.predict_proba(images))
 
+    def test_multi_task_classifier_blocks_side_by_side(self, colours, tmp_path):
+        X, y = colours
+        y = np.column_stack([y, np.where(y == "owl", "bird", "mammal")])
+        clf = tiny().fit(X, y)
+        images = [Image.fromarray(x) for x in X]
+        got, meta = run_onnx(clf.export_onnx(tmp_path / "tasks.onnx"), images)
+        assert meta["classes"] == [ANIMALS.tolist(), ["bird", "mammal"]]
+        assert_close_to(got, np.hstack(clf.predict_proba(images)))
+
     def test_regressor_in_units_of_y(self, regressor, colours, tmp_path):
         images = [Image.fromarray(x) for x in colours[0]]
         got, meta = run_onnx(regressor.export_onnx(tmp_path / "reg.onnx"), images)
