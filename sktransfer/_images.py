@@ -54,7 +54,8 @@ _CHUNK = 1 << 20
 
 
 class ImageSource:
-    """A sequence of images: ``load(i)`` gives an RGB PIL image, ``key(i)`` a cache key."""
+    """A sequence of images: ``load(i)`` gives an RGB PIL image, ``key(i)`` a cache key,
+    ``describe(i)`` its name for messages."""
 
     kind = "images"
 
@@ -66,6 +67,14 @@ class ImageSource:
 
     def key(self, i: int) -> bytes:
         raise NotImplementedError
+
+    def describe(self, i: int) -> str:
+        """``image 3``, with what else identifies it (a path), to go inside a sentence."""
+        return f"image {i}"
+
+    def _where(self, i: int) -> str:
+        """:meth:`describe` at the start of a sentence."""
+        return _sentence(self.describe(i))
 
     def subset(self, indices) -> SubsetSource:
         return SubsetSource(self, np.asarray(indices, dtype=np.int64))
@@ -83,6 +92,9 @@ class SubsetSource(ImageSource):
 
     def key(self, i):
         return self.parent.key(int(self.indices[i]))
+
+    def describe(self, i):
+        return self.parent.describe(int(self.indices[i]))  # its index in the input
 
 
 class ArraySource(ImageSource):
@@ -119,7 +131,7 @@ class ListSource(ImageSource):
             self.layouts, self.scales = [], []
             for i, img in enumerate(self.images):
                 self.layouts.append(image_layout(img, i))
-                self.scales.append(pixel_scale(img, where=f"image {i}"))
+                self.scales.append(pixel_scale(img, where=self.describe(i)))
 
     def __len__(self):
         return len(self.images)
@@ -128,7 +140,7 @@ class ListSource(ImageSource):
         img = self.images[i]
         if self.kind == "array":
             return to_pil(img, self.layouts[i], self.scales[i])
-        return _pil_to_rgb(img, f"Image {i}")
+        return _pil_to_rgb(img, self._where(i))
 
     def key(self, i):
         if self.kind == "array":
@@ -152,7 +164,7 @@ class EncodedSource(ImageSource):
 
     def load(self, i):
         data = self.encoded(i)
-        where = self._where(i, data)
+        where = _sentence(self.describe(i, data))
         if not data and self.kind == "file":
             raise ValueError(
                 f"{where} is empty: nothing is left to read from its position. If it was "
@@ -175,14 +187,14 @@ class EncodedSource(ImageSource):
             self._unseekable[i] = data
         return data
 
-    def _where(self, i: int, data: bytes | None = None) -> str:
-        """``Image 3 (BytesIO 'upload.png', 120 bytes)``: type, name if any, size if read."""
+    def describe(self, i: int, data: bytes | None = None) -> str:
+        """``image 3 (BytesIO 'upload.png', 120 bytes)``: type, name if any, size if read."""
         item = self.items[i]
         name = getattr(item, "name", None)
         about = [type(item).__name__ + (f" {name!r}" if isinstance(name, str) else "")]
         if data is not None:
             about.append(f"{len(data)} bytes")
-        return f"Image {i} ({', '.join(about)})"
+        return f"image {i} ({', '.join(about)})"
 
 
 class FileSource(ImageSource):
@@ -216,8 +228,8 @@ class FileSource(ImageSource):
     def check_exist(self) -> None:
         self._keys = self._stat_keys()
 
-    def _where(self, i: int) -> str:
-        return f"Image {i} ({self.paths[i]!r})"
+    def describe(self, i):
+        return f"image {i} ({self.paths[i]!r})"
 
     def _open(self, i: int):
         try:
@@ -409,6 +421,11 @@ def _decode(fp, where: str) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"{where} is truncated or corrupt: {exc}") from exc
     return _pil_to_rgb(decoded, where)
+
+
+def _sentence(name: str) -> str:
+    """A name from ``describe`` at the start of a sentence."""
+    return name[:1].upper() + name[1:]
 
 
 def _path_problem(exc: OSError) -> str:

@@ -33,7 +33,7 @@ from torch import nn
 from . import _backbone
 from ._adabn import adapt_batchnorm, batchnorm_layers
 from ._cache import EmbeddingCache, cache_namespace
-from ._images import FileSource, ImageSource, SubsetSource
+from ._images import ImageSource
 from ._inference import BudgetAllocator, array_batches, empty_rows, run_batches, run_forward
 from ._training import (
     OPTIMIZERS,
@@ -574,7 +574,7 @@ class ImageDataset(torch.utils.data.Dataset):
         try:
             x = self.transform(self.source.load(i))
         except NotAnImageError as exc:
-            raise exc.for_image(image_name(self.source, i)) from None
+            raise exc.for_image(self.source.describe(i)) from None
         return _item(x, self.y, self.w, i)
 
 
@@ -680,16 +680,6 @@ def _name_of(obj) -> str:
         obj = type(obj)
     module = getattr(obj, "__module__", None)
     return obj.__qualname__ if module in (None, "builtins") else f"{module}.{obj.__qualname__}"
-
-
-def image_name(source: ImageSource, i: int) -> str:
-    """``image <index in X>`` of the image at ``i`` of ``source`` (a subset of the
-    estimator's images, or those images), with its path when it has one."""
-    while isinstance(source, SubsetSource):
-        source, i = source.parent, int(source.indices[i])
-    if isinstance(source, FileSource):
-        return f"image {i} ({source.paths[i]!r})"
-    return f"image {i}"
 
 
 # ----------------------------------------------------------------------- helpers
