@@ -173,7 +173,7 @@ class EncodedSource(ImageSource):
         return _decode(io.BytesIO(data), where)
 
     def key(self, i):
-        return _hash_bytes(self.encoded(i))
+        return _content_key([self.encoded(i)])
 
     def encoded(self, i: int) -> bytes:
         """The encoded bytes of image ``i``."""
@@ -238,14 +238,11 @@ class FileSource(ImageSource):
             raise ValueError(f"{self._where(i)} {_path_problem(exc)}") from exc
 
     def _hash_file(self, i: int) -> bytes:
-        digest = hashlib.blake2b(digest_size=16)
         with self._open(i) as f:
             try:
-                for chunk in iter(lambda: f.read(_CHUNK), b""):
-                    digest.update(chunk)
+                return _content_key(iter(lambda: f.read(_CHUNK), b""))
             except OSError as exc:
                 raise ValueError(f"{self._where(i)} {_path_problem(exc)}") from exc
-        return digest.digest()
 
     def _stat_keys(self) -> list[bytes]:
         keys = []
@@ -467,9 +464,13 @@ def _read_file_object(f, where: str) -> tuple[bytes, bool]:
     return bytes(data), seekable
 
 
-def _hash_bytes(data: bytes) -> bytes:
-    """The content key of encoded bytes (the same for a file keyed by content)."""
-    return hashlib.blake2b(data, digest_size=16).digest()
+def _content_key(chunks) -> bytes:
+    """The key of encoded bytes given in ``chunks``: one function for uploads and for
+    files keyed by content, so the same bytes get the same key either way."""
+    digest = hashlib.blake2b(digest_size=16)
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.digest()
 
 
 def _hash_array(img: np.ndarray, tag: str) -> bytes:
