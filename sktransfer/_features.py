@@ -191,7 +191,8 @@ class PretrainedFeatureExtractor(
         }
         probe = torch.zeros(1, *fitted["data_config_"]["input_size"], device=device)
         with torch.inference_mode():
-            fitted["n_features_out_"] = int(_forward(fitted, probe).shape[1])
+            embedding = _embedding(fitted["backbone_"], layer, pooling, probe)
+        fitted["n_features_out_"] = int(embedding.shape[1])
         swap_in(self, fitted)
         return self
 
@@ -239,7 +240,7 @@ class PretrainedFeatureExtractor(
         )
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _forward(vars(self), x)
+        return _embedding(self.backbone_, self.layer_, self.pooling_, x)
 
     def _onnx_network(self):
         network = _Embedding(self.backbone_, self.layer_, self.pooling_)
@@ -302,18 +303,17 @@ class _Embedding(torch.nn.Module):
         self.backbone, self.layer, self.pooling = backbone, layer, pooling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fitted = {"backbone_": self.backbone, "layer_": self.layer, "pooling_": self.pooling}
-        return _forward(fitted, x)
+        return _embedding(self.backbone, self.layer, self.pooling, x)
 
 
-def _forward(fitted: dict, x: torch.Tensor) -> torch.Tensor:
-    """The embedding of a batch, as the fitted state (``layer_``, ``pooling_``) says."""
-    layer, backbone = fitted["layer_"], fitted["backbone_"]
+def _embedding(backbone, layer, pooling, x: torch.Tensor) -> torch.Tensor:
+    """The embedding of a batch at ``layer`` (None, "logits" or block indices) of the
+    fitted ``backbone``."""
     if layer is None:
         return _backbone.forward_pooled(backbone, x)
     if layer == "logits":
         return _backbone.forward_logits(backbone, x)
-    return _backbone.forward_blocks(backbone, x, layer, fitted["pooling_"] or "avg")
+    return _backbone.forward_blocks(backbone, x, layer, pooling or "avg")
 
 
 def _copy_layer(layer):
