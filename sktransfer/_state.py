@@ -69,7 +69,7 @@ class StoredAsData:
         return to_data(super().__getstate__())
 
     def __setstate__(self, state):
-        device = loadable_device(saved_device(state) or "cpu")
+        device = loadable_device(_saved_device(state) or "cpu")
         state = from_data(state, type(self).__name__, device)
         if "backbone_" in state:
             state = self._placed_on(state, device)
@@ -122,7 +122,7 @@ def from_data(data: Mapping, estimator_name: str, device: torch.device) -> dict:
     return {k: _value_from_data(v, device) for k, v in state.items()}
 
 
-def saved_device(data: Mapping) -> str | None:
+def _saved_device(data: Mapping) -> str | None:
     """The name of the device that the fitted state of ``data`` was on, if any."""
     value = data.get("device_")
     if isinstance(value, Mapping) and value.get("kind") == _DEVICE:
