@@ -117,6 +117,13 @@ def from_data(data: Mapping, estimator_name: str, device: torch.device) -> dict:
     mode); warns when it was saved with other versions."""
     state = dict(data)
     saved = state.pop(_VERSIONS, None)
+    if saved is None and any(_is_fitted_name(k) for k in state):
+        raise ValueError(
+            f"This fitted {estimator_name} was saved by an earlier sktransfer, which stored "
+            "pickled torch objects instead of data; this version cannot load it. Refit "
+            "it (or load it with the sktransfer that saved it and refit there), then save "
+            "it again."
+        )
     if saved is not None:
         _warn_on_other_versions(saved, estimator_name)
     return {k: _value_from_data(v, device) for k, v in state.items()}

@@ -160,6 +160,14 @@ class TestStateAsData:
             warnings.simplefilter("error")
             pickle.loads(pickle.dumps(classifier))
 
+    def test_files_of_the_earlier_format_are_refused_clearly(self, classifier):
+        """Fitted state without recorded versions is the format before data-only
+        files (torch objects inside): it used to fail later, with an AttributeError."""
+        state = classifier.__getstate__()
+        del state["_sktransfer_versions"]
+        with pytest.raises(ValueError, match="saved by an earlier sktransfer.*Refit it"):
+            FineTunedClassifier.__new__(FineTunedClassifier).__setstate__(state)
+
     def test_an_architecture_this_timm_lacks_is_named(self, classifier):
         state = classifier.__getstate__()
         state["backbone_"]["architecture"]["name"] = "efficientnet_renamed_in_timm_9"
