@@ -81,6 +81,11 @@ def outputs(model, X):
 # ------------------------------------------------------------------ pickle stream
 
 
+_STRINGS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"}
+_MEMO_GETS = {"BINGET", "LONG_BINGET", "GET"}
+_MEMO_PUTS = {"BINPUT", "LONG_BINPUT", "PUT"}
+
+
 def pickled_globals(data: bytes) -> set[str]:
     """Every ``module.name`` that a pickle stream imports (GLOBAL and STACK_GLOBAL
     opcodes; the strings of STACK_GLOBAL are followed through the memo), and those of
@@ -90,27 +95,19 @@ def pickled_globals(data: bytes) -> set[str]:
         if isinstance(arg, bytes) and arg[:1] == b"\x80":
             with contextlib.suppress(ValueError):  # raw array data, not a pickle
                 found |= pickled_globals(arg)
-        if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+        if op.name in _STRINGS:
             pushed.append(arg)
-        elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+        elif op.name in _MEMO_GETS:
             pushed.append(memo.get(arg))
         elif op.name == "MEMOIZE":
             memo[len(memo)] = pushed[-1] if pushed else None
-        elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+        elif op.name in _MEMO_PUTS:
             memo[arg] = pushed[-1] if pushed else None
-        elif op.name == "STACK_GLOBAL":
-            found.add(f"{pushed[-2]}.{pushed[-1]}")
-        elif op.name == "GLOBAL":
-            found.add(arg.replace(" ", "."))
-        if op.name not in ("MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT") and op.name not in (
-            "SHORT_BINUNICODE",
-            "BINUNICODE",
-            "BINUNICODE8",
-            "UNICODE",
-            "BINGET",
-            "LONG_BINGET",
-            "GET",
-        ):
+        else:
+            if op.name == "STACK_GLOBAL":
+                found.add(f"{pushed[-2]}.{pushed[-1]}")
+            elif op.name == "GLOBAL":
+                found.add(arg.replace(" ", "."))
             pushed.append(None)  # any other opcode breaks a run of strings
     return found
 
