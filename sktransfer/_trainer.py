@@ -32,7 +32,7 @@ from torch import nn
 
 from . import _backbone
 from ._adabn import adapt_batchnorm, batchnorm_layers
-from ._cache import EmbeddingCache, cache_namespace
+from ._cache import EmbeddingCache, cache_namespace, memory_location
 from ._images import ImageSource
 from ._inference import BudgetAllocator, array_batches, empty_rows, run_batches, run_forward
 from ._training import (
@@ -698,10 +698,8 @@ def _take(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 def _spill_folder(memory):
     """Spilled activations go next to the cache, or to a temporary folder."""
-    location = getattr(memory, "location", memory)
-    if location is None:
-        return None
-    return os.path.join(os.fspath(location), "sktransfer", "spill")
+    location = memory_location(memory)
+    return None if location is None else os.path.join(location, "sktransfer", "spill")
 
 
 def _warn_if_adversary_diverged(history) -> None:
