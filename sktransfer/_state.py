@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from . import _backbone
-from ._device import loadable_device
+from ._device import loadable_device, resolve_device
 
 _MODULE = "sktransfer:module"
 _DEVICE = "sktransfer:device"
@@ -62,14 +62,16 @@ class InconsistentVersionWarning(UserWarning):
 
 class StoredAsData:
     """Mixin of the estimators: pickle, joblib and skops store their state as data
-    (:func:`to_data`); loading rebuilds the model on the device it was saved on, or on
-    the CPU where that device is missing (with a warning)."""
+    (:func:`to_data`). Loading rebuilds the model on the best device of the loading
+    machine when the estimator's ``device`` is ``"auto"`` (so each Dask worker or
+    service picks its own), else on the device it was saved on, or on the CPU where that
+    device is missing (with a warning)."""
 
     def __getstate__(self):
         return to_data(super().__getstate__())
 
     def __setstate__(self, state):
-        device = loadable_device(_saved_device(state) or "cpu")
+        device = _device_to_load_on(state)
         state = from_data(state, type(self).__name__, device)
         if "backbone_" in state:
             state = self._placed_on(state, device)
@@ -127,6 +129,12 @@ def from_data(data: Mapping, estimator_name: str, device: torch.device) -> dict:
     if saved is not None:
         _warn_on_other_versions(saved, estimator_name)
     return {k: _value_from_data(v, device) for k, v in state.items()}
+
+
+def _device_to_load_on(state: Mapping) -> torch.device:
+    if isinstance(state.get("device"), str) and state["device"] == "auto":
+        return resolve_device("auto")
+    return loadable_device(_saved_device(state) or "cpu")
 
 
 def _saved_device(data: Mapping) -> str | None:

@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import joblib
 import numpy as np
@@ -704,7 +705,8 @@ class TestPickle:
     def test_cuda_pickle_loads_on_cpu(self, tiny_checkpoint, images, monkeypatch):
         extractor = tiny_extractor(weights=tiny_checkpoint).fit()
         expected = extractor.transform(images)
-        extractor.device_ = torch.device("cuda")  # as if fitted on a GPU
+        extractor.device_ = torch.device("cuda")  # as if fitted on a GPU with device="cuda"
+        extractor.set_params(device="cuda")
         raw = pickle.dumps(extractor)
         joblib_file = io.BytesIO()
         joblib.dump(extractor, joblib_file)
@@ -718,4 +720,17 @@ class TestPickle:
         joblib_file.seek(0)
         with pytest.warns(UserWarning, match="not available here"):
             restored = joblib.load(joblib_file)
+        np.testing.assert_array_equal(restored.transform(images), expected)
+
+    @pytest.mark.skipif(CUDA, reason="needs a machine without CUDA")
+    def test_device_auto_resolves_where_loaded(self, images):
+        # device="auto" means the best device of the machine that runs the model (a Dask
+        # worker, a service): a model fitted on a GPU loads on this CPU without a warning.
+        extractor = tiny_extractor().fit()
+        expected = extractor.transform(images)
+        extractor.device_ = torch.device("cuda")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            restored = pickle.loads(pickle.dumps(extractor))
+        assert restored.device_ == torch.device("cpu")
         np.testing.assert_array_equal(restored.transform(images), expected)

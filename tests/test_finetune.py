@@ -757,6 +757,7 @@ class TestPickling:
         expected = fitted.predict_proba(X)
         with monkeypatch.context() as m:
             m.setattr(fitted, "device_", torch.device("cuda"))  # as if trained on a GPU
+            m.setattr(fitted, "device", "cuda")  # ... with device="cuda" ("auto" resolves anew)
             data = pickle.dumps(fitted)
         assert fitted.device_ == torch.device("cpu")
         with pytest.warns(UserWarning, match="saved on device 'cuda', which is not available"):
