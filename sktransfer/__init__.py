@@ -3,6 +3,7 @@
 from ._cache import CacheIntegrityWarning, CacheReadOnlyWarning
 from ._classifier import FineTunedClassifier
 from ._display import TrainingHistoryDisplay
+from ._distributed import dask_transform
 from ._features import PretrainedFeatureExtractor, top_imagenet_labels
 from ._params import InvalidParameterError
 from ._regressor import FineTunedRegressor
@@ -19,6 +20,7 @@ __all__ = [
     "InvalidParameterError",
     "PretrainedFeatureExtractor",
     "TrainingHistoryDisplay",
+    "dask_transform",
     "top_imagenet_labels",
     "__version__",
 ]

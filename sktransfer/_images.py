@@ -199,15 +199,21 @@ class EncodedSource(ImageSource):
 
 class FileSource(ImageSource):
     """Image files, opened lazily. Keys are (absolute path, size, modification time), or
-    with ``key="content"`` a hash of each file's bytes."""
+    with ``key="content"`` a hash of each file's bytes. ``numbers`` are the indices that
+    messages give the files (their positions in a larger input), by default 0, 1, ..."""
 
     kind = "path"
 
-    def __init__(self, paths: Sequence, key: str = "stat"):
+    def __init__(self, paths: Sequence, key: str = "stat", numbers: Sequence | None = None):
         self.paths = [os.fspath(p) for p in paths]
         self.keyed_by = key
+        self.numbers = None if numbers is None else [int(n) for n in numbers]
         self._keys = None
         self._content_keys = {}
+
+    def keyed(self, key: str) -> FileSource:
+        """These files, keyed by ``key`` (``self`` if they already are)."""
+        return self if key == self.keyed_by else FileSource(self.paths, key, self.numbers)
 
     def __len__(self):
         return len(self.paths)
@@ -229,7 +235,8 @@ class FileSource(ImageSource):
         self._keys = self._stat_keys()
 
     def describe(self, i):
-        return f"image {i} ({self.paths[i]!r})"
+        number = i if self.numbers is None else self.numbers[i]
+        return f"image {number} ({self.paths[i]!r})"
 
     def _open(self, i: int):
         try:
@@ -277,6 +284,8 @@ def as_images(X, key: str = "stat") -> ImageSource:
     """
     if key not in _KEYS:
         raise ValueError(f"key must be 'stat' or 'content', got {key!r}.")
+    if isinstance(X, FileSource):
+        return X.keyed(key)
     if isinstance(X, ImageSource):
         return X
     X = _unwrap_pandas(X)

@@ -29,6 +29,16 @@ def make_images(n, height=48, width=40, channels=3, seed=0):
     return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
 
 
+def save_images(images, folder) -> list[Path]:
+    """Write each image of ``images`` to ``folder/<index>.png``; return the paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{i}.png" for i in range(len(images))]
+    for path, image in zip(paths, images, strict=True):
+        Image.fromarray(image).save(path)
+    return paths
+
+
 def assert_same_embedding(actual, desired):
     """Equal up to float32 noise from a different batch composition.
 
