@@ -375,7 +375,7 @@ def memory_location(memory) -> str | None:
     """The folder of ``memory`` (a path, or a ``joblib.Memory`` whose location is used),
     or None. Unlike ``check_memory``, creates nothing (the folder may be read-only)."""
     if memory is None or isinstance(memory, str | os.PathLike):
-        return None if memory is None else os.fspath(memory)
+        return None if memory is None else _local_folder(os.fspath(memory))
     if hasattr(memory, "cache"):
         location = getattr(memory, "location", None)
         return None if location is None else os.fspath(location)
@@ -383,6 +383,19 @@ def memory_location(memory) -> str | None:
         f"memory={memory!r} is not valid: expected None, a folder (str or path-like) or a "
         "joblib.Memory."
     )
+
+
+def _local_folder(location: str) -> str:
+    """``location``, unless it is a URL: the cache needs a filesystem with atomic renames
+    and locks, which object stores lack."""
+    if "://" in location:
+        raise ValueError(
+            f"memory={location!r} is a URL; the embedding cache needs a folder of a "
+            "filesystem that renames files atomically and has locks (a local disk, or "
+            "shared storage such as NFS mounted at the same path on every worker). "
+            "Mount the bucket as a folder, or give a folder on shared storage."
+        )
+    return location
 
 
 # ---------------------------------------------------------------------- shards

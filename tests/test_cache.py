@@ -542,6 +542,11 @@ class TestKeysAndNamespace:
         assert not np.allclose(expected, averaged.transform(images))
         np.testing.assert_array_equal(max_pooled.transform(images), expected)
 
+    @pytest.mark.parametrize("url", ["s3://bucket/cache", "file:///tmp/cache"])
+    def test_a_url_is_refused_with_what_to_do(self, fitted, images, url):
+        with pytest.raises(ValueError, match=r"is a URL; .* Mount the bucket as a folder"):
+            _with_memory(fitted, url).transform(images)
+
 
 def test_warnings_are_user_warnings():
     assert issubclass(CacheIntegrityWarning, UserWarning)
