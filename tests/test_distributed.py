@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import pickle
 import socket
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from _dask_workers import CountingExtractor, counts, reset
 from _finetune_fixtures import colour_images, tiny
@@ -25,7 +27,7 @@ from threadpoolctl import threadpool_limits
 
 from sktransfer import dask_transform
 from sktransfer._cache import count_rows
-from sktransfer._distributed import connect
+from sktransfer._distributed import connect, iter_blocks
 
 distributed = pytest.importorskip("distributed")
 da = pytest.importorskip("dask.array")
@@ -98,7 +100,7 @@ def as_kind(files, kind):
         return files
     if kind == "dask array":
         return da.from_array(np.array(files, dtype=object), chunks=7)
-    frame = dd.from_pandas(__import__("pandas").DataFrame({"path": files}), npartitions=3)
+    frame = dd.from_pandas(pd.DataFrame({"path": files}), npartitions=3)
     return frame["path"] if kind == "dask series" else frame
 
 
@@ -170,6 +172,31 @@ class TestEmbedding:
         assert not switch.exists()  # a worker did die
         np.testing.assert_array_equal(result, expected)
         client.wait_for_workers(2, timeout=60)
+
+    @pytest.mark.parametrize("window", [1, None])
+    def test_blocks_stream_in_order(self, client, extractor, files, expected, window):
+        result = dask_transform(extractor, files, chunk_size=CHUNK)
+        blocks = list(iter_blocks(result, window=window))
+        assert [len(b) for b in blocks] == [CHUNK] * (N_IMAGES // CHUNK)
+        np.testing.assert_array_equal(np.concatenate(blocks), expected)
+
+    @pytest.mark.parametrize(
+        ("X", "error", "match"),
+        [
+            (np.array([["a.png", "b.png"]]), ValueError, r"1-D collection .* shape \(1, 2\)"),
+            ([], ValueError, "at least one image path"),
+            ([Path("a.png"), 3], TypeError, "Image 1 is a int, not a file path"),
+        ],
+        ids=["2-D", "empty", "not a path"],
+    )
+    def test_inputs_that_are_not_paths(self, extractor, X, error, match):
+        with pytest.raises(error, match=match):
+            dask_transform(extractor, X)
+
+    def test_a_frame_of_several_columns_is_refused(self, extractor, files):
+        frame = pd.DataFrame({"path": files, "label": 0})
+        with pytest.raises(ValueError, match=r"one-column DataFrame .* X\['path'\]"):
+            dask_transform(extractor, frame)
 
     def test_in_memory_images_are_refused(self, extractor):
         with pytest.raises(TypeError, match="Image 0 is a ndarray, not a file path"):
