@@ -205,7 +205,7 @@ class FileSource(ImageSource):
     kind = "path"
 
     def __init__(self, paths: Sequence, key: str = "stat", numbers: Sequence | None = None):
-        self.paths = [os.fspath(p) for p in paths]
+        self.paths = [str(os.fspath(p)) for p in paths]  # numpy's str_ shows badly in messages
         self.keyed_by = key
         self.numbers = None if numbers is None else [int(n) for n in numbers]
         self._keys = None

@@ -1,0 +1,8 @@
+"""``python -m sktransfer``: the ``sktransfer`` command line (see :mod:`sktransfer._cli`)."""
+
+import sys
+
+from ._cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

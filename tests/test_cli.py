@@ -1,0 +1,490 @@
+"""The ``sktransfer`` command line: ``embed`` and ``predict`` on a folder of images.
+
+Runs ``main([...])`` in this process (the console script and ``python -m sktransfer``
+are each started once), on tiny models; outputs are compared with what the estimators
+give for ``load_image_folder(ROOT, labelled=False).paths``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+from _finetune_fixtures import colour_images, tiny
+from conftest import (
+    TINY_MODEL,
+    TINY_SIZE,
+    assert_same_embedding,
+    save_checkpoint,
+    save_images,
+    tiny_extractor,
+)
+
+from sktransfer import PretrainedFeatureExtractor
+from sktransfer._cli import _override, build_parser, main
+from sktransfer.datasets import load_image_folder
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CLASS_NAMES = np.array(["green", "red"])
+LABELS = np.array([0, 1] * 6 + [1, 0])  # 14 images: 12 in "flat", 2 in "nested/deeper"
+CHUNK = 4  # = the batch size below: the CLI runs exactly the batches of one transform
+
+EMBED_OPTIONS = [
+    "--model",
+    "--out",
+    "--weights",
+    "--layer",
+    "--pooling",
+    "--image-size",
+    "--batch-size",
+    "--device",
+    "--cache",
+    "--dask-scheduler",
+    "--dask-timeout",
+    "--chunk-size",
+    "--no-progress",
+]
+PREDICT_OPTIONS = [
+    "--out",
+    "--batch-size",
+    "--device",
+    "--dask-scheduler",
+    "--dask-timeout",
+    "--chunk-size",
+    "--no-progress",
+]
+
+
+class Marker:
+    """A type that skops does not trust and that is not sktransfer's."""
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """A folder of colour images: ``flat/0.png`` ... ``flat/11.png`` (so that "10.png"
+    sorts before "2.png") and ``nested/deeper/{0,1}.png``."""
+    folder = tmp_path_factory.mktemp("images")
+    images = colour_images(LABELS)
+    save_images(images[:12], folder / "flat")
+    save_images(images[12:], folder / "nested" / "deeper")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def paths(root):
+    return load_image_folder(root, labelled=False).paths
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_checkpoint, paths):
+    """What the extractor that ``embed_args`` describes gives for the folder."""
+    extractor = tiny_extractor(weights=str(tiny_checkpoint), batch_size=CHUNK).fit()
+    return extractor, extractor.transform(list(paths))
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    y = np.array([0, 1] * 8)
+    return tiny(max_epochs=2).fit(colour_images(y, seed=1), CLASS_NAMES[y])
+
+
+def embed_args(root, out, checkpoint, *extra):
+    return [
+        "embed",
+        str(root),
+        "--model",
+        TINY_MODEL,
+        "--weights",
+        str(checkpoint),
+        "--image-size",
+        str(TINY_SIZE),
+        "--batch-size",
+        str(CHUNK),
+        "--chunk-size",
+        str(CHUNK),
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def read_csv(path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def relative(paths, root) -> list[str]:
+    return [Path(p).relative_to(root).as_posix() for p in paths]
+
+
+# ---------------------------------------------------------------------- options
+
+
+class TestOptions:
+    def test_values_map_onto_the_extractor_parameters(self):
+        args = build_parser().parse_args(
+            ["embed", "r", "--out", "e.npy", "--layer=1,2,-1", "--image-size", "40x32"]
+        )
+        assert (args.layer, args.image_size) == ([1, 2, -1], (40, 32))
+        args = build_parser().parse_args(
+            ["embed", "r", "--out", "e.npy", "--layer", "-1", "--weights", "none"]
+        )
+        assert (args.layer, args.weights) == (-1, None)
+        args = build_parser().parse_args(["embed", "r", "--out", "e.npy", "--layer", "logits"])
+        assert args.layer == "logits"
+
+    def test_defaults_are_the_extractor_defaults(self):
+        args = build_parser().parse_args(["embed", "r", "--out", "e.npy"])
+        defaults = PretrainedFeatureExtractor().get_params()
+        got = {
+            "model": args.model,
+            "weights": args.weights,
+            "layer": args.layer,
+            "pooling": args.pooling,
+            "image_size": args.image_size,
+            "batch_size": args.batch_size,
+            "device": args.device,
+            "memory": args.cache,
+        }
+        assert got == {name: defaults[name] for name in got}
+        assert (args.chunk_size, args.dask_timeout, args.no_progress) == (256, 10.0, False)
+
+    @pytest.mark.parametrize(
+        "option, value, message",
+        [
+            ("--layer", "1,x", "expected 'logits', a block index"),
+            ("--image-size", "0", "expected a size in pixels"),
+            ("--image-size", "32x32x3", "expected a size in pixels"),
+            ("--batch-size", "0", "expected an integer >= 1"),
+            ("--chunk-size", "2.5", "expected an integer >= 1"),
+            ("--dask-timeout", "-1", "expected a number of seconds > 0"),
+            ("--pooling", "mean", "invalid choice"),
+        ],
+    )
+    def test_invalid_values_exit_2_with_a_message(self, option, value, message, capsys):
+        with pytest.raises(SystemExit) as exit_:
+            main(["embed", "r", "--out", "e.npy", f"{option}={value}"])
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
+
+    @pytest.mark.parametrize(
+        "command, options", [("embed", EMBED_OPTIONS), ("predict", PREDICT_OPTIONS)]
+    )
+    def test_help_describes_every_option_with_an_example(self, command, options, capsys):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        assert exit_.value.code == 0
+        text = capsys.readouterr().out
+        assert [o for o in options if o not in text] == []
+        assert f"sktransfer {command} " in text.split("examples:")[1]
+        assert "Exit status" in text
+
+    def test_help_gives_the_extractor_defaults(self, capsys):
+        with pytest.raises(SystemExit):
+            main(["embed", "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: efficientnet_b0.ra_in1k)" in text
+        assert "images per forward pass (default: 32)" in text
+        assert "(default: pretrained)" in text
+
+    def test_predict_help_warns_that_pickles_run_code(self, capsys):
+        with pytest.raises(SystemExit):
+            main(["predict", "--help"])
+        assert "only load files you trust" in " ".join(capsys.readouterr().out.split())
+
+
+def test_console_script_help():
+    script = Path(sys.executable).parent / "sktransfer"
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "embed" in done.stdout and "predict" in done.stdout
+
+
+def test_python_dash_m_help():
+    done = subprocess.run(
+        [sys.executable, "-m", "sktransfer", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: sktransfer")
+
+
+# ---------------------------------------------------------------------- embed
+
+
+class TestEmbed:
+    def test_npy_holds_the_embeddings_in_sorted_file_order(
+        self, root, paths, reference, tiny_checkpoint, tmp_path, capsys
+    ):
+        out = tmp_path / "embeddings.npy"
+        assert main(embed_args(root, out, tiny_checkpoint)) == 0
+        rows = np.load(out)
+        assert rows.dtype == np.float32
+        np.testing.assert_array_equal(rows, reference[1])
+        assert relative(paths, root)[:4] == [
+            "flat/0.png",
+            "flat/1.png",
+            "flat/10.png",
+            "flat/11.png",
+        ]
+        summary = capsys.readouterr().out
+        assert summary.startswith(f"Embedded 14 images (256 features each) into {out} in ")
+
+    def test_parquet_has_relative_paths_then_one_column_per_feature(
+        self, root, paths, reference, tiny_checkpoint, tmp_path
+    ):
+        pq = pytest.importorskip("pyarrow.parquet")
+        out = tmp_path / "embeddings.parquet"
+        assert main(embed_args(root, out, tiny_checkpoint)) == 0
+        file = pq.ParquetFile(out)
+        table = file.read()
+        names = list(reference[0].get_feature_names_out())
+        assert table.column_names == ["path", *names]
+        assert table.column("path").to_pylist() == relative(paths, root)
+        assert table.schema.field(names[0]).type == "float"
+        rows = np.column_stack([table.column(n).to_numpy() for n in names])
+        np.testing.assert_array_equal(rows, reference[1])
+        assert file.metadata.num_row_groups == -(-len(paths) // CHUNK)  # one per chunk
+
+    def test_progress_bar_on_stderr_unless_no_progress(
+        self, root, tiny_checkpoint, tmp_path, capsys
+    ):
+        args = embed_args(root, tmp_path / "e.npy", tiny_checkpoint)
+        assert main([a for a in args if a != "--no-progress"]) == 0
+        assert "14/14" in capsys.readouterr().err
+        assert main(args) == 0
+        assert capsys.readouterr().err == ""
+
+    def test_weights_path_and_none(self, root, paths, reference, tiny_checkpoint, tmp_path):
+        weights = tmp_path / "seed1.pth"
+        save_checkpoint(weights, TINY_MODEL, seed=1)
+        from_file, random = tmp_path / "from_file.npy", tmp_path / "random.npy"
+        assert main(embed_args(root, from_file, weights)) == 0
+        assert main(embed_args(root, random, tiny_checkpoint, "--weights", "none")) == 0
+        expected = tiny_extractor(weights=weights, batch_size=CHUNK).fit().transform(list(paths))
+        np.testing.assert_array_equal(np.load(from_file), expected)
+        # random initialisation is seeded with 0, as the checkpoint of the reference
+        np.testing.assert_array_equal(np.load(random), reference[1])
+        assert not np.allclose(expected, reference[1])
+
+    def test_layer_list_concatenates_blocks(self, root, tiny_checkpoint, tmp_path):
+        out = tmp_path / "blocks.npy"
+        assert main(embed_args(root, out, tiny_checkpoint, "--layer", "1,2")) == 0
+        width = tiny_extractor(layer=[1, 2]).fit().n_features_out_
+        assert np.load(out).shape == (14, width)
+        assert width != 256
+
+    def test_cache_is_filled_then_read(
+        self, root, reference, tiny_checkpoint, tmp_path, monkeypatch
+    ):
+        embedded = []
+        original = PretrainedFeatureExtractor._embed
+
+        def counting(self, source, positions, on_rows=None):
+            embedded.append(len(positions))
+            return original(self, source, positions, on_rows)
+
+        monkeypatch.setattr(PretrainedFeatureExtractor, "_embed", counting)
+        cache = tmp_path / "cache"
+        for run in ("first", "second"):
+            out = tmp_path / f"{run}.npy"
+            assert main(embed_args(root, out, tiny_checkpoint, "--cache", str(cache))) == 0
+            np.testing.assert_array_equal(np.load(out), reference[1])
+            if run == "first":
+                assert sum(embedded) == 14
+                assert any((cache / "sktransfer" / "embeddings").rglob("*.*"))
+                embedded.clear()
+        assert sum(embedded) == 0
+
+
+# ---------------------------------------------------------------------- predict
+
+
+class TestPredict:
+    @pytest.mark.parametrize("suffix", [".joblib", ".pkl", ".skops"])
+    def test_csv_holds_predict_and_predict_proba(
+        self, suffix, classifier, root, paths, tmp_path, capsys
+    ):
+        model_file, out = tmp_path / f"model{suffix}", tmp_path / "predictions.csv"
+        if suffix == ".skops":
+            pytest.importorskip("skops.io").dump(classifier, model_file)
+        else:
+            joblib.dump(classifier, model_file)
+        args = ["predict", str(model_file), str(root), "--out", str(out), "--no-progress"]
+        assert main(args) == 0
+        rows = read_csv(out)
+        assert list(rows[0]) == ["path", "prediction", "proba_green", "proba_red"]
+        assert [r["path"] for r in rows] == relative(paths, root)
+        assert [r["prediction"] for r in rows] == classifier.predict(list(paths)).tolist()
+        proba = np.array([[r["proba_green"], r["proba_red"]] for r in rows], dtype=float)
+        expected = classifier.predict_proba(list(paths))
+        np.testing.assert_array_equal(proba.astype(expected.dtype), expected)
+        assert capsys.readouterr().out.startswith(f"Predicted 14 images into {out} in ")
+
+    def test_skops_file_naming_other_types_is_refused_unloaded(
+        self, classifier, root, tmp_path, monkeypatch, capsys
+    ):
+        sio = pytest.importorskip("skops.io")
+        model_file = tmp_path / "model.skops"
+        sio.dump([classifier, Marker()], model_file)
+
+        def load(*args, **kwargs):
+            raise AssertionError("the file was loaded")
+
+        monkeypatch.setattr(sio, "load", load)
+        out = tmp_path / "predictions.csv"
+        assert main(["predict", str(model_file), str(root), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("sktransfer: error: The skops file")
+        assert "test_cli.Marker" in err and "skops.io.load(path, trusted=" in err
+        assert "FineTunedClassifier" not in err  # sktransfer's own types are trusted
+        assert not out.exists()
+
+    def test_a_model_without_predict_points_to_embed(self, reference, root, tmp_path, capsys):
+        model_file = tmp_path / "extractor.pkl"
+        joblib.dump(reference[0], model_file)
+        args = ["predict", str(model_file), str(root), "--out", str(tmp_path / "p.csv")]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "no predict method" in err and "sktransfer embed" in err
+
+    def test_unknown_model_suffix(self, root, tmp_path, capsys):
+        model_file = tmp_path / "model.bin"
+        model_file.write_bytes(b"not a model")
+        args = ["predict", str(model_file), str(root), "--out", str(tmp_path / "p.csv")]
+        assert main(args) == 2
+        assert ".skops, .pkl, .pickle, .joblib" in capsys.readouterr().err
+
+    @pytest.mark.parametrize("suffix", [".pkl", ".skops"])
+    def test_a_file_that_is_no_model(self, suffix, root, tmp_path, capsys):
+        model_file = tmp_path / f"model{suffix}"
+        model_file.write_bytes(b"garbage")
+        args = ["predict", str(model_file), str(root), "--out", str(tmp_path / "p.csv")]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"sktransfer: error: Cannot load the model file {model_file} (")
+        assert "Expected a fitted model saved with skops.io.dump" in err
+
+    def test_batch_size_and_device_override_the_pipeline_steps(
+        self, reference, classifier, tmp_path
+    ):
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+
+        pipe = make_pipeline(reference[0], LogisticRegression())
+        _override(pipe, 3, "cpu")
+        assert (pipe[0].batch_size, pipe[0].device, str(pipe[0].device_)) == (3, "cpu", "cpu")
+        with pytest.raises(ValueError, match="not available on this machine"):
+            _override(joblib.load(joblib.dump(classifier, tmp_path / "m.pkl")[0]), None, "cuda:99")
+
+
+# ---------------------------------------------------------------------- errors
+
+
+class TestErrors:
+    def test_unknown_output_format_exits_before_the_model_loads(self, root, tmp_path, capsys):
+        args = ["embed", str(root), "--model", "no_such_model", "--out", str(tmp_path / "e.txt")]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("sktransfer: error: --out")
+        assert "the supported formats are .npy, .parquet" in err
+        assert "no_such_model" not in err  # the model was never looked up
+
+    def test_missing_output_folder_exits_before_the_model_loads(self, root, tmp_path, capsys):
+        out = tmp_path / "missing" / "e.npy"
+        assert main(["embed", str(root), "--model", "no_such_model", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"the folder {out.parent} does not exist" in err and "mkdir -p" in err
+
+    def test_missing_root(self, tmp_path, capsys):
+        args = ["embed", str(tmp_path / "nowhere"), "--out", str(tmp_path / "e.npy")]
+        assert main(args) == 2
+        assert "does not exist: pass the path of an existing folder" in capsys.readouterr().err
+
+    def test_empty_root(self, tmp_path, capsys):
+        (tmp_path / "empty").mkdir()
+        args = ["embed", str(tmp_path / "empty"), "--out", str(tmp_path / "e.npy")]
+        assert main(args) == 2
+        assert capsys.readouterr().err.startswith("sktransfer: error: No images in")
+
+    def test_estimator_parameter_errors_exit_2(self, root, tiny_checkpoint, tmp_path, capsys):
+        out = tmp_path / "e.npy"
+        assert main(embed_args(root, out, tiny_checkpoint, "--layer", "99")) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("sktransfer: error: layer=99 is out of range")
+        assert "Traceback" not in err and not out.exists()
+
+    @pytest.mark.parametrize("suffix", [".npy", ".parquet"])
+    def test_a_corrupt_image_leaves_the_old_output_untouched(
+        self, suffix, root, tiny_checkpoint, tmp_path, capsys
+    ):
+        folder = tmp_path / "images"
+        save_images(colour_images(LABELS[:6]), folder)
+        (folder / "4.png").write_bytes(b"not an image")  # in the second chunk of 4
+        out = tmp_path / f"old{suffix}"
+        out.write_bytes(b"the previous output")
+        assert main(embed_args(folder, out, tiny_checkpoint)) == 2
+        err = capsys.readouterr().err
+        assert f"error: Image 4 ('{folder / '4.png'}') is not an image file" in err
+        assert out.read_bytes() == b"the previous output"
+        assert sorted(os.listdir(tmp_path)) == ["images", f"old{suffix}"]  # no temporary left
+
+    def test_a_scheduler_that_does_not_answer_exits_1(
+        self, root, tiny_checkpoint, tmp_path, capsys
+    ):
+        pytest.importorskip("distributed")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        address = f"tcp://127.0.0.1:{port}"
+        out = tmp_path / "e.npy"
+        extra = ["--dask-scheduler", address, "--dask-timeout", "1"]
+        assert main(embed_args(root, out, tiny_checkpoint, *extra)) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"sktransfer: error: No Dask scheduler answered at {address!r}")
+        assert not out.exists()
+
+
+# ---------------------------------------------------------------------- Dask
+
+
+@pytest.mark.slow
+def test_dask_scheduler_gives_the_local_output(
+    root, reference, classifier, tiny_checkpoint, tmp_path
+):
+    distributed = pytest.importorskip("distributed")
+    model_file = tmp_path / "model.joblib"
+    joblib.dump(classifier, model_file)
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        extra = ["--dask-scheduler", cluster.scheduler_address]
+        out = tmp_path / "embeddings.parquet"
+        assert main(embed_args(root, out, tiny_checkpoint, *extra)) == 0
+        predictions = tmp_path / "predictions.csv"
+        args = ["predict", str(model_file), str(root), "--out", str(predictions), "--no-progress"]
+        assert main([*args, "--chunk-size", "8", *extra]) == 0
+    local = tmp_path / "local.csv"
+    assert main([*args[:4], str(local), "--no-progress"]) == 0
+    table = pytest.importorskip("pyarrow.parquet").read_table(out)
+    names = list(reference[0].get_feature_names_out())
+    assert_same_embedding(
+        np.column_stack([table.column(n).to_numpy() for n in names]), reference[1]
+    )
+    on_dask, here = read_csv(predictions), read_csv(local)
+    assert [r["path"] for r in on_dask] == [r["path"] for r in here]
+    assert [r["prediction"] for r in on_dask] == [r["prediction"] for r in here]
+    np.testing.assert_allclose(
+        [[float(r["proba_green"]), float(r["proba_red"])] for r in on_dask],
+        [[float(r["proba_green"]), float(r["proba_red"])] for r in here],
+        rtol=1e-5,
+        atol=1e-6,
+    )
