@@ -26,4 +26,4 @@ def test_documents_have_code_blocks():
 def test_code_block_runs(code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    exec(compile(code, "<doc>", "exec"), {"__name__": "__doc__"})
+    exec(compile(code, "<doc>", "exec"), {"__name__": "__main__"})  # as a script runs
