@@ -632,21 +632,19 @@ def _replacing(target: Path, open_rows):
 
 
 class _NpyRows:
-    """The float32 matrix of a ``.npy`` file, filled block by block on disk."""
+    """The float32 matrix of a ``.npy`` file: its header, then each block's rows as
+    they come (in order), written straight to the file."""
 
     def __init__(self, path: str, n_rows: int, names: list[str]):
-        self.matrix = np.lib.format.open_memmap(
-            path, mode="w+", dtype=np.float32, shape=(n_rows, len(names))
-        )
-        self.filled = 0
+        self.file = open(path, "wb")  # noqa: SIM115 (closed by close)
+        header = {"descr": "<f4", "fortran_order": False, "shape": (n_rows, len(names))}
+        np.lib.format.write_array_header_1_0(self.file, header)
 
     def write(self, paths: list[str], block: np.ndarray) -> None:
-        self.matrix[self.filled : self.filled + len(block)] = block
-        self.filled += len(block)
+        self.file.write(np.ascontiguousarray(block, dtype="<f4").tobytes())
 
     def close(self) -> None:
-        self.matrix.flush()
-        del self.matrix  # unmapped before the rename
+        self.file.close()
 
 
 class _ParquetRows:

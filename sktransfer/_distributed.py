@@ -28,6 +28,7 @@ import copy
 import os
 import uuid
 from collections.abc import Iterator
+from numbers import Integral
 
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
@@ -86,12 +87,12 @@ def dask_transform(estimator, X, *, method="transform", chunk_size=CHUNK_SIZE):
             f"{type(estimator).__name__} has no method {method!r}: pass method='transform', "
             "'predict', 'predict_proba' or another method it has."
         )
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+    if not isinstance(chunk_size, Integral) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size!r} is not valid: expected an int >= 1.")
     paths = paths_of(X)
     distinct, first, inverse = _deduplicate(paths)
     meta = output_meta(estimator, method)
-    chunks = (tuple(_chunk_sizes(len(distinct), chunk_size)),)
+    chunks = (tuple(_chunk_sizes(len(distinct), int(chunk_size))),)
     result = da.map_blocks(
         _apply_block,
         da.from_array(distinct, chunks=chunks),
@@ -105,7 +106,7 @@ def dask_transform(estimator, X, *, method="transform", chunk_size=CHUNK_SIZE):
     )
     if len(distinct) == len(paths):
         return result
-    return result[inverse].rechunk({0: chunk_size})
+    return result[inverse].rechunk({0: int(chunk_size)})
 
 
 def paths_of(X) -> np.ndarray:
@@ -193,8 +194,8 @@ def _apply_block(paths: np.ndarray, numbers: np.ndarray, *, model, method: str):
     source = FileSource(list(paths), numbers=numbers)
     try:
         source.check_exist()
-    except ValueError as exc:
-        raise FileNotFoundError(
+    except ValueError as exc:  # the type that a local transform raises
+        raise ValueError(
             f"{exc} (on Dask worker {_worker_address()}). Every worker reads the images at "
             "the paths given: put them on storage that all workers mount at the same path."
         ) from exc

@@ -464,7 +464,7 @@ def test_dask_scheduler_gives_the_local_output(
     model_file = tmp_path / "model.joblib"
     joblib.dump(classifier, model_file)
     with distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
     ) as cluster:
         extra = ["--dask-scheduler", cluster.scheduler_address]
         out = tmp_path / "embeddings.parquet"

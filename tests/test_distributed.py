@@ -44,7 +44,7 @@ CHUNK = 8  # = the batch size: each task runs the batches a local transform runs
 def client():
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
@@ -156,7 +156,7 @@ class TestEmbedding:
         missing = str(tmp_path / "gone.png")
         result = dask_transform(extractor, [*files, missing], chunk_size=CHUNK)
         with pytest.raises(
-            FileNotFoundError,
+            ValueError,
             match=rf"Image {N_IMAGES} \('.*gone\.png'\) does not exist\. \(on Dask worker tcp://",
         ):
             result.compute()
