@@ -28,7 +28,7 @@ from conftest import (
 )
 
 from sktransfer import PretrainedFeatureExtractor
-from sktransfer._cli import _override, build_parser, main
+from sktransfer._cli import _extractor_params, _override, build_parser, main
 from sktransfer.datasets import load_image_folder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -145,16 +145,8 @@ class TestOptions:
     def test_defaults_are_the_extractor_defaults(self):
         args = build_parser().parse_args(["embed", "r", "--out", "e.npy"])
         defaults = PretrainedFeatureExtractor().get_params()
-        got = {
-            "model": args.model,
-            "weights": args.weights,
-            "layer": args.layer,
-            "pooling": args.pooling,
-            "image_size": args.image_size,
-            "batch_size": args.batch_size,
-            "device": args.device,
-            "memory": args.cache,
-        }
+        got = _extractor_params(args)
+        assert len(got) == 8
         assert got == {name: defaults[name] for name in got}
         assert (args.chunk_size, args.dask_timeout, args.no_progress) == (256, 10.0, False)
 
