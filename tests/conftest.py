@@ -97,6 +97,20 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def embed_calls(monkeypatch):
+    """The number of images each call of ``_embed`` (the only place the backbone runs) got."""
+    calls = []
+    original = PretrainedFeatureExtractor._embed
+
+    def counting(self, source, positions, on_rows=None):
+        calls.append(len(positions))
+        return original(self, source, positions, on_rows)
+
+    monkeypatch.setattr(PretrainedFeatureExtractor, "_embed", counting)
+    return calls
+
+
 @pytest.fixture(scope="session")
 def images():
     """Six random RGB uint8 images, (6, 48, 40, 3)."""

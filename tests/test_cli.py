@@ -275,26 +275,18 @@ class TestEmbed:
         assert width != 256
 
     def test_cache_is_filled_then_read(
-        self, root, reference, tiny_checkpoint, tmp_path, monkeypatch
+        self, root, reference, tiny_checkpoint, tmp_path, embed_calls
     ):
-        embedded = []
-        original = PretrainedFeatureExtractor._embed
-
-        def counting(self, source, positions, on_rows=None):
-            embedded.append(len(positions))
-            return original(self, source, positions, on_rows)
-
-        monkeypatch.setattr(PretrainedFeatureExtractor, "_embed", counting)
         cache = tmp_path / "cache"
         for run in ("first", "second"):
             out = tmp_path / f"{run}.npy"
             assert main(embed_args(root, out, tiny_checkpoint, "--cache", str(cache))) == 0
             np.testing.assert_array_equal(np.load(out), reference[1])
             if run == "first":
-                assert sum(embedded) == 14
+                assert sum(embed_calls) == 14
                 assert any((cache / "sktransfer" / "embeddings").rglob("*.*"))
-                embedded.clear()
-        assert sum(embedded) == 0
+                embed_calls.clear()
+        assert sum(embed_calls) == 0
 
 
 # ---------------------------------------------------------------------- predict

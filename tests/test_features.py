@@ -434,20 +434,6 @@ class TestTopImagenetLabels:
 # --------------------------------------------------------------------------------- cache
 
 
-@pytest.fixture
-def embed_calls(monkeypatch):
-    """The number of images each call of ``_embed`` (the only place the backbone runs) got."""
-    calls = []
-    original = PretrainedFeatureExtractor._embed
-
-    def counting(self, source, positions, on_rows=None):
-        calls.append(len(positions))
-        return original(self, source, positions, on_rows)
-
-    monkeypatch.setattr(PretrainedFeatureExtractor, "_embed", counting)
-    return calls
-
-
 class TestCache:
     @pytest.mark.parametrize("random_init", [False, True], ids=["checkpoint", "weights-None"])
     def test_grid_search_embeds_each_distinct_image_once(
