@@ -562,7 +562,6 @@ def _output_path(out: str, formats: tuple[str, ...]) -> Path:
 
 
 def _list_images(root: str) -> tuple[str, list[str]]:
-    # plain str, not numpy's: messages show repr(path)
     paths = load_image_folder(root, labelled=False).paths.tolist()
     return os.path.abspath(root), paths
 

@@ -132,7 +132,7 @@ def from_data(data: Mapping, estimator_name: str, device: torch.device) -> dict:
 
 
 def _device_to_load_on(state: Mapping) -> torch.device:
-    if isinstance(state.get("device"), str) and state["device"] == "auto":
+    if state.get("device") == "auto":  # a torch.device parameter is stored as a dict
         return resolve_device("auto")
     return loadable_device(_saved_device(state) or "cpu")
 
