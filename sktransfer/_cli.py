@@ -377,8 +377,8 @@ def run_embed(args) -> int:
     extractor = PretrainedFeatureExtractor(**_extractor_params(args)).fit()
     names = [str(name) for name in extractor.get_feature_names_out()]
     opener = _NpyRows if out.suffix.lower() == ".npy" else _ParquetRows
-    with _scheduler(args):
-        blocks = _blocks(extractor, paths, ("transform",), args)
+    with _scheduler(args) as client:
+        blocks = _blocks(extractor, paths, ("transform",), args.chunk_size, client)
         with _replacing(out, lambda tmp: opener(tmp, len(paths), names)) as rows:
             _write_all(rows, blocks, _relative(paths, root), args, "embedding")
     seconds = time.perf_counter() - started
@@ -417,8 +417,8 @@ def run_predict(args) -> int:
     methods = ("predict",) if classes is None else ("predict", "predict_proba")
     if classes is not None and _labels_are_argmax(model):
         methods = ("predict_proba",)  # one pass: predict is argmax of these, exactly
-    with _scheduler(args):
-        blocks = _blocks(model, paths, methods, args)
+    with _scheduler(args) as client:
+        blocks = _blocks(model, paths, methods, args.chunk_size, client)
         if methods == ("predict_proba",):
             blocks = ((classes[np.argmax(p, axis=1)], p) for (p,) in blocks)
         with _replacing(out, lambda tmp: _CsvRows(tmp, classes)) as rows:
@@ -583,16 +583,15 @@ def _scheduler(args):
         yield client
 
 
-def _blocks(model, paths: list[str], methods: tuple[str, ...], args):
-    """For each chunk of ``paths`` in order, a tuple: what each of ``methods`` gives."""
-    if args.dask_scheduler is not None:
-        arrays = [
-            dask_transform(model, paths, method=m, chunk_size=args.chunk_size) for m in methods
-        ]
-        yield from zip(*(iter_blocks(a) for a in arrays), strict=True)
+def _blocks(model, paths: list[str], methods: tuple[str, ...], chunk_size: int, client):
+    """For each chunk of ``paths`` in order, a tuple: what each of ``methods`` gives; on
+    the Dask ``client``'s cluster, or in this process when it is None."""
+    if client is not None:
+        arrays = [dask_transform(model, paths, method=m, chunk_size=chunk_size) for m in methods]
+        yield from zip(*(iter_blocks(a, client) for a in arrays), strict=True)
         return
-    for start in range(0, len(paths), args.chunk_size):
-        stop = min(start + args.chunk_size, len(paths))
+    for start in range(0, len(paths), chunk_size):
+        stop = min(start + chunk_size, len(paths))
         # numbered as in the whole folder, so that errors name the image's index there
         source = FileSource(paths[start:stop], numbers=range(start, stop))
         yield tuple(np.asarray(getattr(model, m)(source)) for m in methods)

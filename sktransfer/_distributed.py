@@ -146,16 +146,12 @@ def output_meta(estimator, method: str) -> np.ndarray:
     return np.empty((0, *out.shape[1:]), dtype=out.dtype)
 
 
-def iter_blocks(array, window: int | None = None) -> Iterator[np.ndarray]:
+def iter_blocks(array, client, window: int | None = None) -> Iterator[np.ndarray]:
     """The blocks of a 1- or 2-D dask ``array`` along its first axis, in order, as
-    numpy arrays: at most ``window`` blocks at once in flight on a distributed client
-    (default: twice its worker threads), so results stream and memory stays bounded."""
+    numpy arrays: at most ``window`` blocks at once in flight on the distributed
+    ``client`` (default: twice its worker threads), so results stream and memory stays
+    bounded."""
     blocks = [array.blocks[i] for i in range(array.numblocks[0])]
-    client = _client()
-    if client is None:
-        for block in blocks:
-            yield block.compute()
-        return
     window = window or 2 * max(1, sum(client.nthreads().values()))
     futures = client.compute(blocks[:window])
     for i in range(len(blocks)):

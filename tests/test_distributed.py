@@ -176,7 +176,7 @@ class TestEmbedding:
     @pytest.mark.parametrize("window", [1, None])
     def test_blocks_stream_in_order(self, client, extractor, files, expected, window):
         result = dask_transform(extractor, files, chunk_size=CHUNK)
-        blocks = list(iter_blocks(result, window=window))
+        blocks = list(iter_blocks(result, client, window=window))
         assert [len(b) for b in blocks] == [CHUNK] * (N_IMAGES // CHUNK)
         np.testing.assert_array_equal(np.concatenate(blocks), expected)
 
