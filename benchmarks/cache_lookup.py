@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _report import report
+from _timing import seconds
 
 from sktransfer import PretrainedFeatureExtractor
 from sktransfer._cache import SHARD_SUFFIX
@@ -39,12 +40,6 @@ HIT = "hit (the same image again)"
 
 def one_image(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
-
-
-def seconds(call) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
 
 
 def main() -> int:

