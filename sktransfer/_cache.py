@@ -58,8 +58,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ._inference import empty_rows
-
 try:
     import fcntl
 except ImportError:  # no POSIX locks (Windows): parallel workers may duplicate work
@@ -90,19 +88,9 @@ class DamagedShard(Exception):
     """A file in a bucket folder that is not a valid shard of this cache."""
 
 
-def cache_namespace(
-    *, model: str, weights: str, data_config: dict, layer, pooling, precision: str, device
-) -> dict:
-    """Everything besides the image that a cached row depends on."""
-    return {
-        "model": model,
-        "weights": weights,
-        "preprocessing": {k: data_config[k] for k in sorted(data_config)},
-        "layer": layer,
-        "pooling": pooling,
-        "precision": precision,
-        "device_type": device.type,
-    }
+def empty_rows(shape) -> np.ndarray:
+    """The default allocator of computed rows: a float32 array in memory."""
+    return np.empty(shape, dtype=np.float32)
 
 
 class EmbeddingCache:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from numbers import Real
 
 import numpy as np
@@ -10,11 +11,13 @@ from sklearn.base import ClassifierMixin
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import check_is_fitted
 
-from ._finetune import FineTunedEstimator
+from ._docs import compose
+from ._finetune import FineTunedEstimator, init_params
 from ._params import Interval, Options
 from ._targets import Targets, classification_targets, masked_labels
 
 
+@compose
 class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
     """Fine-tune a pretrained timm backbone as a scikit-learn classifier.
 
@@ -33,70 +36,13 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
 
     Parameters
     ----------
-    model : str, default="efficientnet_b0.ra_in1k"
-        Any timm model name, with or without a pretrained tag.
-    weights : "pretrained", None, path-like or fitted fine-tuner, default="pretrained"
-        As in :class:`PretrainedFeatureExtractor`: hub weights (cache-aware), random
-        initialisation, or a local checkpoint (such as a file of :meth:`save_weights`).
-        A fitted :class:`FineTunedClassifier` or :class:`FineTunedRegressor` (bare, or
-        in ``sklearn.frozen.FrozenEstimator`` to survive ``clone`` in searches) starts
-        from its fine-tuned backbone with a new head: sequential transfer.
-    freeze_depth : int, float or "all", default=0
-        How many of the backbone's block groups (timm's ``group_matcher(coarse=True)``:
-        stem, stages, final norm) stay frozen, counted from the input. ``0``: everything
-        trains after the head stage; ``"all"``: only the new head trains. A float in
-        [0, 1] is a fraction of the groups, so one grid means the same on different
-        architectures (``0.5`` freezes the lower half).
-    head_epochs : int, default=1
-        Epochs of the first stage (the new head on a frozen backbone).
-    max_epochs : int, default=4
-        Epochs of the second stage (unfrozen groups and head).
-    lr : float, default=3e-4
-        Learning rate of the head; the top unfrozen group gets ``lr * layer_decay``, the
-        next ``lr * layer_decay**2`` and so on. The defaults of ``lr``, ``layer_decay``,
-        ``max_epochs`` and ``batchnorm`` were chosen by a sweep on real data
-        (``benchmarks/sweep_defaults.md``): with pretrained BatchNorm statistics kept,
-        ``lr=1e-3`` and above did worse.
-    layer_decay : float, default=0.85
-        Learning-rate decay per block group, from the head towards the input.
-    optimizer : {"adamw", "adam", "sgd"}, default="adamw"
-    weight_decay : float, default=0.01
-        Applied to weights, not to biases or normalisation parameters.
-    batch_size : int, default=32
-    augment : None, "light", "randaugment", "trivialaugment" or callable, default=None
-        Training-time augmentation (timm's ``create_transform``); validation and
-        prediction never see it. ``"light"``: random resized crops (70-100 % of the area)
-        and horizontal flips; ``"randaugment"`` adds RandAugment (timm's
-        ``rand-m9-mstd0.5-inc1-mmax9``), ``"trivialaugment"`` TrivialAugment (one random
-        operation at a random magnitude). A callable takes and returns a PIL image (e.g. a
-        torchvision transform) and runs before the model's own preprocessing. With
-        augmentation, frozen activations cannot be cached.
-    batchnorm : {"auto", "frozen", "train"}, default="auto"
-        BatchNorm layers in the trainable groups: ``"frozen"`` keeps their running
-        statistics the pretrained ones (eval mode) while their affine weights train;
-        ``"train"`` updates them from each batch as usual. ``"auto"``: frozen with
-        pretrained or file weights, train with ``weights=None``. Frozen groups always
-        keep theirs.
+    {{fine-tuning}}
     mixup : float, default=0.0
         Alpha of mixup (timm's ``Mixup``); ``0`` turns it off. With cached activations
         the mix happens at the cut (manifold mixup).
     cutmix : float, default=0.0
         Alpha of CutMix; ``0`` turns it off. Stages trained on pooled features (the head
         stage without augmentation) use mixup only. Both need an even ``batch_size``.
-    ema : float or None, default=None
-        Decay of an exponential moving average of the weights (timm's ``ModelEmaV3``,
-        with warm-up), in (0, 1); the average is the model kept for prediction.
-    tta : {None, "hflip", "flips"}, default=None
-        Test-time augmentation in ``predict_proba``: probabilities averaged over the
-        image and its horizontal flip, or over all four horizontal/vertical flips.
-    image_size : int or (int, int), default=None
-        Override the model's input size.
-    validation_fraction : float, default=0.0
-        Fraction of the training data held out (stratified) to score each epoch. ``0``:
-        no hidden split, every image trains.
-    early_stopping : int or None, default=None
-        Patience in epochs on the validation loss; the best epoch's weights are restored.
-        Needs ``validation_fraction > 0``.
     class_weight : dict, "balanced" or None, default=None
         Class weights of the loss (single-label targets only).
     label_smoothing : float, default=0.0
@@ -104,51 +50,6 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         With several label columns (a 2-D ``y`` of class labels, array or DataFrame: one
         task per column, one head each on the shared backbone), the weight of each
         task's loss; None weighs them equally.
-    drop_rate : float, default=0.0
-        Dropout before the new head.
-    device : str or torch.device, default="auto"
-        ``"auto"`` picks CUDA, then MPS, then the CPU.
-    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
-        ``"auto"``: bfloat16 autocast on GPUs that support it, float32 on the CPU.
-        float16 is used for inference only; training then autocasts to bfloat16.
-    num_workers : int, default=0
-        Workers that decode images (threads for inference, processes for augmented
-        training batches).
-    random_state : int, RandomState or None, default=None
-        Seeds the head, the validation split, shuffling and dropout; fixes CPU training.
-    verbose : bool, default=False
-        Print skorch's epoch table and a progress bar.
-    callbacks : list of skorch callbacks or None, default=None
-        Extra callbacks (instances, or ``(name, callback)`` pairs), added to every
-        stage.
-    memory : str, path-like, joblib.Memory or None, default=None
-        Folder of the per-image activation cache, shared with
-        :class:`PretrainedFeatureExtractor` (same keys): frozen activations at each cut
-        point, and pooled features, are computed once per image across fits.
-    cache_key : {"stat", "content"}, default="stat"
-        How the cache recognises an image file: ``"stat"`` trusts its absolute path,
-        size and modification time; ``"content"`` hashes its bytes (for files rewritten
-        in place). In-memory images and encoded bytes are always keyed by content.
-    activation_budget : int or str, default="4GiB"
-        How much memory the frozen activations of one fit may take (bytes, or a string
-        such as ``"500MB"``); beyond it they spill to memory-mapped files (under
-        ``memory``, or a temporary folder) that are deleted after the fit.
-    domain_adaptation : {None, "adabn", "coral", "mmd", "dann"}, default=None
-        Adapt to the unlabelled target images of ``fit`` (see ``sample_domain``).
-        ``"adabn"`` (AdaBN, Li et al. 2016) trains as without adaptation, then sets
-        every BatchNorm layer's statistics so that target activations are normalised as
-        the source's were (needs BatchNorm layers; with ``memory``, no activations are
-        shared with other fits, since the frozen layers change). ``"coral"`` (deep
-        CORAL, Sun & Saenko 2016) and ``"mmd"`` (DAN's multi-kernel MMD, Long et al.
-        2015) add to each training step of the unfrozen stage a loss between the pooled
-        features of the source batch and of a target batch (skada's deep losses: the
-        ``da`` extra), weighted by ``adaptation_weight``; ``history_`` records it as
-        ``domain_loss``. ``"dann"`` (Ganin et al. 2016) trains a domain classifier on
-        the pooled features of both batches against the backbone, through a
-        gradient-reversal layer whose strength ramps up as ``2 / (1 + exp(-10 p)) - 1``
-        over the stage (skada's ``DANNLoss``).
-    adaptation_weight : float, default=1.0
-        Weight of the ``"coral"``, ``"mmd"`` or ``"dann"`` loss against the task loss.
 
     Attributes
     ----------
@@ -221,16 +122,11 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         batch_size=32,
         augment=None,
         batchnorm="auto",
-        mixup=0.0,
-        cutmix=0.0,
         ema=None,
         tta=None,
         image_size=None,
         validation_fraction=0.0,
         early_stopping=None,
-        class_weight=None,
-        label_smoothing=0.0,
-        task_weights=None,
         drop_rate=0.0,
         device="auto",
         precision="auto",
@@ -243,116 +139,36 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         activation_budget="4GiB",
         domain_adaptation=None,
         adaptation_weight=1.0,
+        mixup=0.0,
+        cutmix=0.0,
+        class_weight=None,
+        label_smoothing=0.0,
+        task_weights=None,
     ):
-        super().__init__(
-            model,
-            weights=weights,
-            freeze_depth=freeze_depth,
-            head_epochs=head_epochs,
-            max_epochs=max_epochs,
-            lr=lr,
-            layer_decay=layer_decay,
-            optimizer=optimizer,
-            weight_decay=weight_decay,
-            batch_size=batch_size,
-            augment=augment,
-            batchnorm=batchnorm,
-            ema=ema,
-            tta=tta,
-            image_size=image_size,
-            validation_fraction=validation_fraction,
-            early_stopping=early_stopping,
-            drop_rate=drop_rate,
-            device=device,
-            precision=precision,
-            num_workers=num_workers,
-            random_state=random_state,
-            verbose=verbose,
-            callbacks=callbacks,
-            memory=memory,
-            cache_key=cache_key,
-            activation_budget=activation_budget,
-            domain_adaptation=domain_adaptation,
-            adaptation_weight=adaptation_weight,
-        )
-        self.mixup = mixup
-        self.cutmix = cutmix
-        self.class_weight = class_weight
-        self.label_smoothing = label_smoothing
-        self.task_weights = task_weights
-
-    def fit(self, X, y, sample_weight=None, sample_domain=None):
-        """Fine-tune the backbone on images ``X`` with labels ``y``.
-
-        Parameters
-        ----------
-        X : images
-            A numpy array of images, a list of PIL images or arrays, or file paths.
-        y : array-like of shape (n_images,) or (n_images, n_labels)
-            Class labels (any type scikit-learn accepts), or a 2-D 0/1 indicator matrix
-            for multilabel targets.
-        sample_weight : array-like of shape (n_images,), default=None
-            Non-negative weights of the images in the loss (scaled to a mean of 1 over
-            the training images). Routed by ``GridSearchCV`` and, with metadata routing
-            on, requested by ``set_fit_request(sample_weight=True)``.
-
-        sample_domain : array-like of shape (n_images,), default=None
-            skada's convention: positive for labelled source images, negative for
-            unlabelled target images (their ``y`` is ignored). None: every image is a
-            source, unless ``domain_adaptation`` is set, when images labelled -1 (NaN
-            for a regressor) are the target. Without ``domain_adaptation``, target
-            images are left out (the source-only baseline).
-
-        Returns
-        -------
-        self : FineTunedClassifier
-        """
-        return super().fit(X, y, sample_weight=sample_weight, sample_domain=sample_domain)
+        init_params(self, locals())
 
     def _masked_rows(self, y, n_images):
         return masked_labels(y, n_images)
 
     def _encode_targets(self, y, n_images, sample_weight) -> Targets:
-        return classification_targets(y, n_images, self.task_weights)
+        return classification_targets(y, n_images, self.task_weights, self.label_smoothing)
 
-    def _loss_options(self, targets, data) -> dict:
-        return {
-            "mixup": self.mixup,
-            "cutmix": self.cutmix,
-            "label_smoothing": self.label_smoothing,
-            "class_weight": self._class_weight(targets, data),
-            "task_sizes": targets.task_sizes,
-            "task_weights": targets.task_weights,
-        }
-
-    def _class_weight(self, targets, data):
-        """Class weights from the training labels (validation labels excluded)."""
+    def _objective(self, targets, data):
+        """Class weights come from the training labels (validation labels excluded)."""
         if self.class_weight is None:
-            return None
+            return targets.objective
         classes = targets.attributes["classes_"]
         labels = classes[data.y[data.train_idx]]
-        return torch.as_tensor(
-            compute_class_weight(self.class_weight, classes=classes, y=labels),
-            dtype=torch.float32,
-        )
+        weights = compute_class_weight(self.class_weight, classes=classes, y=labels)
+        return replace(targets.objective, class_weight=tuple(float(w) for w in weights))
+
+    def _mixing(self) -> dict:
+        return {"mixup": self.mixup, "cutmix": self.cutmix}
 
     def _check_combinations(self, targets, weights):
         super()._check_combinations(targets, weights)
-        if self.class_weight is not None and targets.attributes["multilabel_"]:
-            raise ValueError("class_weight is not supported for multilabel targets.")
         mixing = self.mixup > 0 or self.cutmix > 0
-        if mixing and self.domain_adaptation in ("coral", "mmd"):
-            raise ValueError(
-                f"domain_adaptation={self.domain_adaptation!r} cannot be combined with mixup "
-                "or cutmix (the alignment compares unmixed features); set mixup=0 and "
-                "cutmix=0, or domain_adaptation='adabn'."
-            )
-        if targets.attributes["multitask_"] and (mixing or self.class_weight is not None):
-            raise ValueError(
-                "Several label columns (multi-task) support neither class_weight nor "
-                "mixup/cutmix (they mix or weigh one label per image); set "
-                "class_weight=None, mixup=0 and cutmix=0, or fit one column at a time."
-            )
+        targets.objective.check(mixing=mixing, class_weighted=self.class_weight is not None)
         if mixing and self.batch_size % 2:
             raise ValueError(
                 f"mixup and cutmix mix each batch with itself reversed, so they need an "

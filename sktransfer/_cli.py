@@ -38,7 +38,6 @@ from tqdm import tqdm
 
 from ._backbone import POOLINGS
 from ._classifier import FineTunedClassifier
-from ._device import resolve_device
 from ._distributed import connect, dask_transform, iter_blocks
 from ._features import PretrainedFeatureExtractor
 from ._images import FileSource
@@ -506,21 +505,13 @@ def _override(model, batch_size, device) -> None:
     for estimator in estimators:
         estimator.set_params(**given)
         if "device" in given and hasattr(estimator, "backbone_"):
-            _move_to(estimator, given["device"])
+            estimator.to_device(given["device"])  # a ValueError when this machine lacks it
 
 
 def _sktransfer_estimators(model) -> list:
     candidates = [model, *model.get_params(deep=True).values()]
     found = {id(c): c for c in candidates if type(c).__module__.split(".")[0] == "sktransfer"}
     return list(found.values())
-
-
-def _move_to(estimator, device: str) -> None:
-    """A fitted estimator's model on ``device``, as when a file loads there (the fitted
-    device, not the parameter, is what predict uses)."""
-    resolved = resolve_device(device)  # a ValueError when this machine lacks it
-    estimator.backbone_.to(resolved)
-    vars(estimator).update(estimator._placed_on(dict(vars(estimator)), resolved))
 
 
 def _labels_are_argmax(model) -> bool:

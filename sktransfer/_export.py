@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from ._state import versions
 METADATA_KEY = "sktransfer"
 
 
-class ExportsOnnx:
+class ExportsOnnx(ABC):
     """Mixin of the estimators: :meth:`export_onnx`. Each estimator says what its network
     is with ``_onnx_network() -> (module, output name, metadata)``."""
 
@@ -68,8 +69,9 @@ class ExportsOnnx:
             opset_version=opset_version,
         )
 
+    @abstractmethod
     def _onnx_network(self) -> tuple[nn.Module, str, dict]:
-        raise NotImplementedError
+        """The network to export, the name of its output and the metadata to record."""
 
 
 def export_onnx(

@@ -11,17 +11,19 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils.validation import check_is_fitted
 
 from . import _backbone
-from ._cache import EmbeddingCache, cache_namespace
 from ._device import resolve_device, resolve_precision
+from ._docs import compose
 from ._export import ExportsOnnx
 from ._images import as_images
 from ._inference import run_batches
 from ._params import HasMethods, Interval, Options, validate_params
+from ._rows import cached_rows, namespace
 from ._state import StoredAsData, swap_in
 
 PRECISIONS = ("auto", "float32", "float16", "bfloat16")
 
 
+@compose
 class PretrainedFeatureExtractor(
     StoredAsData, ExportsOnnx, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
 ):
@@ -36,8 +38,7 @@ class PretrainedFeatureExtractor(
 
     Parameters
     ----------
-    model : str, default="efficientnet_b0.ra_in1k"
-        Any timm model name, with or without a pretrained tag (``"resnet50.a1_in1k"``).
+    {{model}}
     weights : "pretrained", None or path-like, default="pretrained"
         ``"pretrained"``: timm's weights from the Hugging Face hub or its local cache
         (``HF_HUB_OFFLINE=1`` is honoured). ``None``: random initialisation. A path: a
@@ -54,23 +55,17 @@ class PretrainedFeatureExtractor(
         Global pooling. ``None`` keeps the model's own pooling for pooled features and
         averages intermediate blocks. ``"token"`` takes the class token of models that
         have one (vision transformers).
-    image_size : int or (int, int), default=None
-        Override the model's input size (e.g. a low resolution for speed). The crop
-        fraction, interpolation and normalisation stay the model's.
+    {{image_size}}
     batch_size : int, default=32
         Images per forward pass.
-    device : str or torch.device, default="auto"
-        ``"auto"`` picks CUDA, then MPS, then the CPU.
+    {{device}}
     precision : {"auto", "float32", "float16", "bfloat16"}, default="auto"
         ``"auto"``: autocast to half precision on GPUs, float32 on the CPU.
     num_workers : int, default=0
         Threads that decode and preprocess images while the model runs.
     memory : str, path-like, joblib.Memory or None, default=None
         Folder of the per-image embedding cache (see the user guide). ``None``: no cache.
-    cache_key : {"stat", "content"}, default="stat"
-        How the cache recognises an image file: ``"stat"`` trusts its absolute path,
-        size and modification time; ``"content"`` hashes its bytes (for files rewritten
-        in place). In-memory images and encoded bytes are always keyed by content.
+    {{cache_key}}
     verbose : bool, default=False
         Show a progress bar while embedding.
 
@@ -211,15 +206,12 @@ class PretrainedFeatureExtractor(
         """
         check_is_fitted(self)
         source = as_images(X, key=self.cache_key)
-        n = len(source)
-        if self.memory is None:
-            return self._embed(source, np.arange(n))
+        positions = np.arange(len(source))
 
-        cache = EmbeddingCache(self.memory, self._cache_namespace())
-        keys = [source.key(i) for i in range(n)]
-        return cache.rows(
-            keys, lambda positions, _, on_rows: self._embed(source, positions, on_rows)
-        )
+        def compute(rows, allocate, on_rows=None):
+            return self._embed(source, positions[rows], on_rows)
+
+        return cached_rows(self._cache_namespace(), source, positions, compute, memory=self.memory)
 
     def _embed(self, source, positions, on_rows=None) -> np.ndarray:
         """Run the backbone on the images at ``positions`` (the only place that does)."""
@@ -264,7 +256,7 @@ class PretrainedFeatureExtractor(
     def _cache_namespace(self) -> dict:
         """Everything besides the image that a row depends on, from fitted state only
         (a parameter set after ``fit`` changes nothing until the next ``fit``)."""
-        return cache_namespace(
+        return namespace(
             model=_backbone.describe(self.backbone_)["name"],
             weights=self.weights_fingerprint_,
             data_config=self.data_config_,

@@ -1,9 +1,9 @@
 """The scikit-learn face shared by the fine-tuners: parameters, ``fit`` and prediction.
 
-A subclass says what its targets are (``_encode_targets``: a :class:`Targets`), which
-loss options it adds to the plan (``_loss_options``) and how the network's outputs
-become predictions; this module builds the plain :class:`TrainingPlan`, hands it to the
-training core (:mod:`sktransfer._trainer`) and runs prediction, caching included.
+A subclass says what its targets are (:meth:`FineTunedEstimator._encode_targets`: a
+:class:`~sktransfer._targets.Targets` with its objective) and how the network's outputs
+become predictions; this module builds the :class:`~._finetuning.TrainingPlan`, hands it
+to the fine-tuning core (:func:`sktransfer._finetuning.train`) and runs prediction.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import warnings
+from abc import abstractmethod
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -25,31 +27,45 @@ from sklearn.utils.validation import check_is_fitted
 from . import _backbone
 from ._device import resolve_device, resolve_precision
 from ._export import ExportsOnnx
-from ._images import as_images
-from ._inference import array_batches, parse_bytes, run_batches, run_forward
-from ._params import HasMethods, Interval, Options, validate_params
-from ._state import StoredAsData, swap_in
-from ._targets import Targets, check_sample_weight, split_domains, take_rows
-from ._trainer import (
+from ._finetuning import (
+    ADAPTATIONS,
+    Caching,
+    Regularisation,
+    Runtime,
+    Schedule,
     Stage,
-    Trainer,
     TrainingData,
     TrainingPlan,
-    bottom_of_images,
-    cached_rows,
+    adaptation_for,
+    train,
 )
-from ._training import OPTIMIZERS
+from ._finetuning._callbacks import named_callbacks
+from ._finetuning._net import OPTIMIZERS
+from ._finetuning._objectives import Objective
+from ._finetuning._predict import (
+    TTA_VIEWS,
+    ViewAverage,
+    outputs_from_frozen_rows,
+    outputs_of_images,
+)
+from ._images import as_images
+from ._params import HasMethods, Interval, Options, parse_bytes, validate_params
+from ._state import StoredAsData, swap_in
+from ._targets import Targets, check_sample_weight, split_domains, take_rows
 
 
 class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
     """Base class of :class:`FineTunedClassifier` and :class:`FineTunedRegressor`.
 
-    Not meant to be used directly: the subclasses document the parameters.
+    Not meant to be used directly: the subclasses declare the parameters (their
+    ``__init__`` lists the shared ones first, in the order of ``_param_constraints``)
+    and document them (:mod:`sktransfer._docs`).
     """
 
     _param_constraints: dict = {
         "model": [str],
-        "weights": [str, os.PathLike, None],
+        # a path, or a fitted fine-tuner (bare or frozen) to start from: sequential transfer
+        "weights": [str, os.PathLike, None, HasMethods(("save_weights",))],
         "freeze_depth": [
             Interval(Integral, 0, None, closed="left"),
             Interval("real_not_int", 0, 1, closed="both"),
@@ -65,7 +81,7 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
         "augment": [None, Options(set(_backbone.AUGMENT_POLICIES)), callable],
         "batchnorm": [Options({"auto", "frozen", "train"})],
         "ema": [None, Interval(Real, 0, 1, closed="neither")],
-        "tta": [None, Options({"hflip", "flips"})],
+        "tta": [None, Options(set(TTA_VIEWS) - {None})],
         "image_size": [None, Interval(Integral, 1, None, closed="left"), tuple, list],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "early_stopping": [None, Interval(Integral, 1, None, closed="left")],
@@ -79,80 +95,30 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
         "memory": [None, str, os.PathLike, HasMethods(("cache",))],
         "cache_key": [Options({"stat", "content"})],
         "activation_budget": [Interval(Integral, 0, None, closed="left"), str],
-        "domain_adaptation": [None, Options({"adabn", "coral", "mmd", "dann"})],
+        "domain_adaptation": [None, Options(set(ADAPTATIONS))],
         "adaptation_weight": [Interval(Real, 0, None, closed="left")],
     }
 
-    def __init__(
-        self,
-        model,
-        *,
-        weights,
-        freeze_depth,
-        head_epochs,
-        max_epochs,
-        lr,
-        layer_decay,
-        optimizer,
-        weight_decay,
-        batch_size,
-        augment,
-        batchnorm,
-        ema,
-        tta,
-        image_size,
-        validation_fraction,
-        early_stopping,
-        drop_rate,
-        device,
-        precision,
-        num_workers,
-        random_state,
-        verbose,
-        callbacks,
-        memory,
-        cache_key,
-        activation_budget,
-        domain_adaptation,
-        adaptation_weight,
-    ):
-        self.model = model
-        self.weights = weights
-        self.freeze_depth = freeze_depth
-        self.head_epochs = head_epochs
-        self.max_epochs = max_epochs
-        self.lr = lr
-        self.layer_decay = layer_decay
-        self.optimizer = optimizer
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.augment = augment
-        self.batchnorm = batchnorm
-        self.ema = ema
-        self.tta = tta
-        self.image_size = image_size
-        self.validation_fraction = validation_fraction
-        self.early_stopping = early_stopping
-        self.drop_rate = drop_rate
-        self.device = device
-        self.precision = precision
-        self.num_workers = num_workers
-        self.random_state = random_state
-        self.verbose = verbose
-        self.callbacks = callbacks
-        self.memory = memory
-        self.cache_key = cache_key
-        self.activation_budget = activation_budget
-        self.domain_adaptation = domain_adaptation
-        self.adaptation_weight = adaptation_weight
-
     # ------------------------------------------------------- what subclasses say
 
+    @abstractmethod
     def _encode_targets(self, y, n_images: int, sample_weight) -> Targets:
-        raise NotImplementedError
+        """``y`` checked and encoded, with the objective it trains for."""
 
-    def _loss_options(self, targets: Targets, data: TrainingData) -> dict:
-        """Extra :class:`TrainingPlan` fields of this kind of estimator."""
+    @abstractmethod
+    def _masked_rows(self, y, n_images) -> np.ndarray:
+        """Rows of ``y`` whose label is masked (unlabelled target images)."""
+
+    @abstractmethod
+    def _output_activation(self):
+        """What turns the network's outputs into predictions (and the exported output)."""
+
+    def _objective(self, targets: Targets, data: TrainingData) -> Objective:
+        """The objective of this fit, which may depend on the training split."""
+        return targets.objective
+
+    def _mixing(self) -> dict:
+        """The mixup and cutmix alphas, for estimators that have them."""
         return {}
 
     def _check_combinations(self, targets: Targets, weights) -> None:
@@ -167,21 +133,26 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
     def fit(self, X, y, sample_weight=None, sample_domain=None):
         """Fine-tune the backbone on images ``X`` with targets ``y``.
 
+        A fit that fails (a bad image, Ctrl-C) leaves the previous model working.
+
         Parameters
         ----------
         X : images
             A numpy array of images, a list of PIL images or arrays, or file paths.
         y : array-like of shape (n_images,) or (n_images, n_outputs)
-            The targets (see the estimator's description).
+            For a classifier, class labels (any type scikit-learn accepts), a 2-D 0/1
+            indicator matrix (multilabel) or several label columns (multi-task); for a
+            regressor, finite real numbers, one column per output.
         sample_weight : array-like of shape (n_images,), default=None
             Non-negative weights of the images in the loss (scaled to a mean of 1 over
             the training images). Routed by ``GridSearchCV`` and, with metadata routing
             on, requested by ``set_fit_request(sample_weight=True)``.
         sample_domain : array-like of shape (n_images,), default=None
-            skada's convention: positive numbers for (labelled) source images, negative
-            for unlabelled target images, whose ``y`` is ignored. None: every image is a
-            source, unless ``domain_adaptation`` is set, when images whose label is
-            masked (-1 for classes, NaN for real targets) are the target.
+            skada's convention: positive for labelled source images, negative for
+            unlabelled target images (their ``y`` is ignored). None: every image is a
+            source, unless ``domain_adaptation`` is set, when images labelled -1 (NaN
+            for a regressor) are the target. Without ``domain_adaptation``, target
+            images are left out (the source-only baseline).
 
         Returns
         -------
@@ -194,14 +165,9 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
         source, y, weights, target = self._split_domains(source, y, weights, sample_domain)
         targets = self._encode_targets(y, len(source), weights)
         self._check_combinations(targets, weights)
-
         device = resolve_device(self.device)
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
-        fork_devices = [torch.cuda.current_device()] if device.type == "cuda" else []
-        python_rng = random.getstate()  # timm's augmentations draw from `random`
-        with torch.random.fork_rng(devices=fork_devices), _restoring(python_rng):
-            torch.manual_seed(seed)
-            random.seed(seed)
+        with _seeded(seed, device):
             backbone, identity = self._start_backbone(targets.n_outputs, seed)
             backbone.to(device)
             groups = _backbone.block_groups(backbone)
@@ -214,20 +180,20 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
                 source, targets.y, train_idx, valid_idx, cfg, targets.n_outputs, weights, target
             )
             plan = self._plan(backbone, groups, frozen_groups, device, targets, data, identity)
-            trainer = Trainer(plan, backbone, data)
-            net, history = trainer.run()
-
+            result = train(plan, backbone, data)
+        for warning in result.warnings:
+            warnings.warn(warning, stacklevel=2)
         fitted = {
             **targets.attributes,
-            "backbone_": net.module_.backbone.eval(),  # the skorch net stays behind
+            "backbone_": result.backbone,
             "device_": device,
-            "history_": history,
+            "history_": result.history,
             "n_groups_": len(groups),
             "frozen_groups_": frozen_groups,
             "data_config_": cfg,
-            "cached_activations_": trainer.cached,
+            "cached_activations_": result.cached,
             "cache_identity_": identity,
-            "batchnorm_adapted_": plan.domain_adaptation == "adabn",
+            "batchnorm_adapted_": plan.adaptation is not None and plan.adaptation.adapts_batchnorm,
         }
         swap_in(self, fitted)  # the previous model works until this fit has succeeded
         return self
@@ -253,9 +219,6 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
         target = source.subset(target_rows) if self.domain_adaptation is not None else None
         weights = None if weights is None else weights[source_rows]
         return source.subset(source_rows), take_rows(y, source_rows), weights, target
-
-    def _masked_rows(self, y, n_images) -> np.ndarray:
-        raise NotImplementedError
 
     def _start_backbone(self, n_outputs: int, seed: int):
         """The starting backbone with a new head of ``n_outputs``, and what names its
@@ -317,26 +280,30 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
         """The training plan: stages, learning rates and every knob, as plain values."""
         precision = resolve_precision(self.precision, device)
         return TrainingPlan(
-            stages=self._stages(backbone, groups, frozen_groups),
-            loss=targets.loss,
-            batch_size=self.batch_size,
-            optimizer=self.optimizer,
-            weight_decay=self.weight_decay,
-            device=device,
-            precision="bfloat16" if precision == "float16" else precision,
-            augment=self.augment,
-            freeze_batchnorm=self._freeze_batchnorm(),
-            ema=self.ema,
-            early_stopping=self.early_stopping,
-            num_workers=self.num_workers,
-            verbose=bool(self.verbose),
-            callbacks=tuple(self.callbacks or ()),
-            activation_budget=parse_bytes(self.activation_budget, "activation_budget"),
-            memory=self.memory,
-            cache_identity=identity,
-            domain_adaptation=self.domain_adaptation,
-            adaptation_weight=self.adaptation_weight,
-            **self._loss_options(targets, data),
+            schedule=Schedule(
+                self._stages(backbone, groups, frozen_groups),
+                self.batch_size,
+                self.optimizer,
+                self.weight_decay,
+                self.early_stopping,
+            ),
+            objective=self._objective(targets, data),
+            runtime=Runtime(
+                device,
+                "bfloat16" if precision == "float16" else precision,
+                self.num_workers,
+                bool(self.verbose),
+                tuple(named_callbacks(self.callbacks or ())),
+            ),
+            regularisation=Regularisation(
+                self.augment, self._freeze_batchnorm(), ema=self.ema, **self._mixing()
+            ),
+            caching=Caching(
+                self.memory,
+                identity,
+                parse_bytes(self.activation_budget, "activation_budget"),
+            ),
+            adaptation=adaptation_for(self.domain_adaptation, self.adaptation_weight),
         )
 
     def _stages(self, backbone, groups, frozen_groups) -> tuple[Stage, ...]:
@@ -356,9 +323,10 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
 
     def _cache_identity(self, backbone) -> dict:
         """What names the pretrained backbone in the cache (hashing weights costs a
-        pass over them, so only with a cache). AdaBN changes the frozen layers, so its
-        fits share no rows."""
-        if self.memory is None or self.domain_adaptation == "adabn":
+        pass over them, so only with a cache). A method that adapts BatchNorm layers
+        changes the frozen layers, so its fits share no rows."""
+        adaptation = adaptation_for(self.domain_adaptation)
+        if self.memory is None or (adaptation is not None and adaptation.adapts_batchnorm):
             return {}
         return {
             "model": _backbone.describe(backbone)["name"],
@@ -409,73 +377,39 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
         ``tta`` views; from the cached frozen rows when ``memory`` was set at fit."""
         check_is_fitted(self)
         source = as_images(X, key=self.cache_key)
-        backbone, device = self.backbone_, self.device_
+        precision = resolve_precision(self.precision, self.device_)
+        run = dict(batch_size=self.batch_size, device=self.device_, precision=precision)
         if self.memory is not None and self.cache_identity_ and self.tta is None:
-            return self._outputs_from_frozen_rows(source, backbone, device, activation)
-        return run_batches(
-            _ViewAverage(backbone, TTA_VIEWS[self.tta], activation),
+            return outputs_from_frozen_rows(
+                self.backbone_,
+                source,
+                activation,
+                frozen=self._frozen_names(),
+                head_only=self.frozen_groups_ == self.n_groups_,
+                cfg=self.data_config_,
+                caching=Caching(self.memory, self.cache_identity_),
+                num_workers=self.num_workers,
+                **run,
+            )
+        network = ViewAverage(self.backbone_, TTA_VIEWS[self.tta], activation)
+        return outputs_of_images(
+            network,
             source,
-            _backbone.eval_transform(self.data_config_),
-            batch_size=self.batch_size,
-            device=device,
-            precision=resolve_precision(self.precision, device),
+            self.data_config_,
             num_workers=self.num_workers,
-            channels_last=_backbone.prefers_channels_last(backbone),
             verbose=bool(self.verbose),
-            desc="predicting",
-        )
-
-    def _outputs_from_frozen_rows(self, source, backbone, device, activation):
-        """Predict from the cached output of the frozen layers (they never changed), so
-        a search scores each image's frozen bottom once; only the top runs."""
-        split = _backbone.split_forward(
-            backbone,
-            self._frozen_names(backbone),
-            self.data_config_["input_size"],
-            head_only=self.frozen_groups_ == self.n_groups_,
-        )
-        positions = np.arange(len(source))
-        compute = bottom_of_images(
-            split,
-            source,
-            positions,
-            _backbone.eval_transform(self.data_config_),
-            batch_size=self.batch_size,
-            device=device,
-            num_workers=self.num_workers,
-        )
-        rows = cached_rows(
-            split.point,
-            source,
-            positions,
-            compute,
-            memory=self.memory,
-            identity=self.cache_identity_,
-            cfg=self.data_config_,
-            device=device,
-        )
-        return run_forward(
-            lambda a: activation(split.top(a).float()),
-            array_batches(rows, self.batch_size),
-            len(rows),
-            device=device,
-            precision=resolve_precision(self.precision, device),
-            channels_last=_backbone.prefers_channels_last(backbone),
+            **run,
         )
 
     def _onnx_network(self):
-        network = _ViewAverage(self.backbone_, TTA_VIEWS[self.tta], self._output_activation())
+        network = ViewAverage(self.backbone_, TTA_VIEWS[self.tta], self._output_activation())
         return network, self._onnx_output, self._onnx_metadata()
-
-    def _output_activation(self):
-        """What turns the network's outputs into the exported output."""
-        raise NotImplementedError
 
     def _onnx_metadata(self) -> dict:
         return {}
 
-    def _frozen_names(self, backbone) -> set[str]:
-        groups = _backbone.block_groups(backbone)
+    def _frozen_names(self) -> set[str]:
+        groups = _backbone.block_groups(self.backbone_)
         return {n for names in groups[: self.frozen_groups_] for n in names}
 
     def __sklearn_tags__(self):
@@ -488,49 +422,25 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
 
 
 @contextlib.contextmanager
-def _restoring(python_rng_state):
+def _seeded(seed: int, device: torch.device):
+    """torch, numpy's global generator (timm's Mixup draws from it) and Python's
+    ``random`` (timm's augmentations) seeded with ``seed`` inside the block, and all
+    three restored after it."""
+    fork_devices = [torch.cuda.current_device()] if device.type == "cuda" else []
+    python_rng, numpy_rng = random.getstate(), np.random.get_state()  # noqa: NPY002
     try:
-        yield
+        with torch.random.fork_rng(devices=fork_devices):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed)  # noqa: NPY002 (the global one is what timm uses)
+            yield
     finally:
-        random.setstate(python_rng_state)
+        random.setstate(python_rng)
+        np.random.set_state(numpy_rng)  # noqa: NPY002
 
 
-def _hflip(x):
-    return torch.flip(x, dims=(-1,))
-
-
-def _vflip(x):
-    return torch.flip(x, dims=(-2,))
-
-
-def _hvflip(x):
-    return torch.flip(x, dims=(-2, -1))
-
-
-def _identity(x):
-    return x
-
-
-class _ViewAverage(torch.nn.Module):
-    """``activation(backbone(view(x)))`` averaged over ``views``: a fine-tuner's
-    prediction as one module (what prediction runs and what ONNX files hold)."""
-
-    def __init__(self, backbone, views, activation):
-        super().__init__()
-        self.backbone, self.views, self.activation = backbone, tuple(views), activation
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outputs = [self.activation(self.backbone(view(x)).float()) for view in self.views]
-        return sum(outputs) / len(outputs)
-
-
-# A fitted fine-tuner, bare or frozen, is a starting point too (sequential transfer).
-FineTunedEstimator._param_constraints["weights"] += [FineTunedEstimator, FrozenEstimator]
-
-
-# Test-time augmentation: the views of each image whose predictions are averaged.
-TTA_VIEWS = {
-    None: (_identity,),
-    "hflip": (_identity, _hflip),
-    "flips": (_identity, _hflip, _vflip, _hvflip),
-}
+def init_params(estimator, arguments: dict) -> None:
+    """The body of a fine-tuner's ``__init__``: store each parameter of its signature
+    under its own name, and nothing else (``arguments``: the ``__init__``'s ``locals()``)."""
+    for name in type(estimator)._param_constraints:
+        setattr(estimator, name, arguments[name])

@@ -38,6 +38,7 @@ import inspect
 import io
 import os
 import threading
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,20 +54,20 @@ _READ_LOCK = threading.Lock()  # file objects are read (and sought back) one at 
 _CHUNK = 1 << 20
 
 
-class ImageSource:
+class ImageSource(ABC):
     """A sequence of images: ``load(i)`` gives an RGB PIL image, ``key(i)`` a cache key,
     ``describe(i)`` its name for messages."""
 
     kind = "images"
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def __len__(self) -> int: ...
 
-    def load(self, i: int) -> Image.Image:
-        raise NotImplementedError
+    @abstractmethod
+    def load(self, i: int) -> Image.Image: ...
 
-    def key(self, i: int) -> bytes:
-        raise NotImplementedError
+    @abstractmethod
+    def key(self, i: int) -> bytes: ...
 
     def describe(self, i: int) -> str:
         """``image 3``, with what else identifies it (a path), to go inside a sentence."""

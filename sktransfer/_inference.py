@@ -7,21 +7,16 @@ before it).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import _backbone
 from ._device import autocast
 from ._images import ImageSource, iter_batches
-
-
-def empty_rows(shape) -> np.ndarray:
-    """The default allocator of :func:`run_forward`: a float32 array in memory."""
-    return np.empty(shape, dtype=np.float32)
+from ._rows import ComputeRows, empty_rows
 
 
 def run_batches(
@@ -109,66 +104,51 @@ def run_forward(
     return out
 
 
-class BudgetAllocator:
-    """Allocate result arrays in memory up to ``budget`` bytes in all, memory-mapped
-    files beyond it (in ``folder``, or a temporary folder), so a large result spills to
-    disk instead of running out of memory. ``close()`` deletes the files.
-    """
+def frozen_bottom(
+    split, source: ImageSource, positions, transform, *, batch_size, device, num_workers
+) -> ComputeRows:
+    """The rows of ``split``'s frozen bottom on the images at ``positions`` of ``source``."""
+    channels_last = _backbone.prefers_channels_last(split.model)
 
-    def __init__(self, budget: int, folder=None):
-        self.budget = budget
-        self.folder = folder
-        self.used = 0
-        self.n_files = 0
-        self._tmp = None
+    def compute(rows, allocate, on_rows=None):
+        return run_batches(
+            split.bottom,
+            source,
+            transform,
+            positions=positions[rows],
+            batch_size=batch_size,
+            device=device,
+            precision="float32",
+            num_workers=num_workers,
+            channels_last=channels_last,
+            allocate=allocate,
+            on_rows=on_rows,
+        )
 
-    def __call__(self, shape) -> np.ndarray:
-        nbytes = int(np.prod(shape, dtype=np.int64)) * 4
-        if self.used + nbytes <= self.budget:
-            self.used += nbytes
-            return empty_rows(shape)
-        if self._tmp is None:
-            if self.folder is not None:
-                os.makedirs(self.folder, exist_ok=True)
-            self._tmp = tempfile.TemporaryDirectory(prefix="sktransfer-", dir=self.folder)
-        path = os.path.join(self._tmp.name, f"rows-{self.n_files}.npy")
-        self.n_files += 1
-        return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=tuple(shape))
-
-    def close(self) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+    return compute
 
 
-_UNITS = {
-    "": 1,
-    "B": 1,
-    "KB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "TB": 10**12,
-    "KIB": 2**10,
-    "MIB": 2**20,
-    "GIB": 2**30,
-    "TIB": 2**40,
-}
+def pooled_of_rows(split, bottom: np.ndarray, *, batch_size, device) -> ComputeRows:
+    """The pooled features computed from rows of ``split``'s frozen bottom."""
+    channels_last = _backbone.prefers_channels_last(split.model)
+
+    def compute(rows, allocate, on_rows=None):
+        return run_forward(
+            split.pooled,
+            array_batches(_take(bottom, rows), batch_size),
+            len(rows),
+            device=device,
+            precision="float32",
+            channels_last=channels_last,
+            allocate=allocate,
+            on_rows=on_rows,
+        )
+
+    return compute
 
 
-def parse_bytes(value, name: str) -> int:
-    """A size in bytes from an int or a string such as ``"500MB"`` or ``"4GiB"``."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str):
-        number = value.strip().rstrip("bBiIkKmMgGtT ")
-        unit = value.strip()[len(number) :].strip().upper()
-        try:
-            size = float(number)
-        except ValueError:
-            size = -1.0
-        if unit in _UNITS and size >= 0:
-            return int(size * _UNITS[unit])
-    raise ValueError(
-        f"{name}={value!r} is not a size: expected a number of bytes (an int >= 0) or a "
-        "string with a unit, such as '500MB' or '4GiB'."
-    )
+def _take(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``array[rows]`` without a copy when ``rows`` is all of it, in order."""
+    if len(rows) == len(array) and np.array_equal(rows, np.arange(len(array))):
+        return array
+    return array[rows]

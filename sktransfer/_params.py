@@ -183,3 +183,36 @@ def validate_params(estimator) -> None:
             f"The {name!r} parameter of {type(estimator).__name__} must be {expected}. "
             f"Got {value!r} instead.{hint}"
         )
+
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+
+
+def parse_bytes(value, name: str) -> int:
+    """A size in bytes from an int or a string such as ``"500MB"`` or ``"4GiB"``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        number = value.strip().rstrip("bBiIkKmMgGtT ")
+        unit = value.strip()[len(number) :].strip().upper()
+        try:
+            size = float(number)
+        except ValueError:
+            size = -1.0
+        if unit in _UNITS and size >= 0:
+            return int(size * _UNITS[unit])
+    raise ValueError(
+        f"{name}={value!r} is not a size: expected a number of bytes (an int >= 0) or a "
+        "string with a unit, such as '500MB' or '4GiB'."
+    )

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
+from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from . import _backbone
@@ -76,6 +77,29 @@ class StoredAsData:
         if "backbone_" in state:
             state = self._placed_on(state, device)
         super().__setstate__(state)
+
+    def to_device(self, device):
+        """Run the fitted model on ``device`` from now on, as if it had been loaded there.
+
+        ``predict`` and ``transform`` use the fitted device (``device_``), not the
+        ``device`` parameter, so moving a fitted model (say, loaded from a file onto the
+        CPU, to a GPU of a service) takes this method.
+
+        Parameters
+        ----------
+        device : str or torch.device
+            ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or ``"auto"`` (the best device
+            of this machine). A device this machine lacks raises ``ValueError``.
+
+        Returns
+        -------
+        self : estimator
+        """
+        check_is_fitted(self)
+        resolved = resolve_device(device)
+        self.backbone_.to(resolved)
+        vars(self).update(self._placed_on(dict(vars(self)), resolved))
+        return self
 
     def _placed_on(self, state: dict, device) -> dict:
         """The loaded fitted state, adjusted to run on ``device``."""

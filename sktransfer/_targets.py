@@ -10,6 +10,14 @@ import numpy as np
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import type_of_target
 
+from ._finetuning._objectives import (
+    CrossEntropy,
+    Multilabel,
+    MultiTask,
+    Objective,
+    StandardisedRegression,
+)
+
 
 @dataclass(frozen=True)
 class Targets:
@@ -18,25 +26,23 @@ class Targets:
 
     y: np.ndarray  # int labels (n,), 0/1 label columns or standardised values (n, k)
     n_outputs: int
-    loss: str  # one of _trainer.LOSSES
+    objective: Objective  # what the fine-tune minimises for this kind of target
     stratify: np.ndarray | None = None
     attributes: dict = field(default_factory=dict)
-    task_sizes: tuple = ()  # classes per label column, with several columns
-    task_weights: tuple = ()
 
 
-def classification_targets(y, n_images, task_weights=None) -> Targets:
+def classification_targets(y, n_images, task_weights=None, label_smoothing=0.0) -> Targets:
     """Class labels (cross-entropy), a 0/1 indicator matrix (one sigmoid per label), or
     several columns of class labels (one softmax head per column: multi-task)."""
     rows = _check_labels(y, n_images)
     if np.ndim(y) == 2 and _label_columns(np.asarray(y)):
-        return _multitask_targets(y, rows, task_weights)
+        return _multitask_targets(y, rows, task_weights, label_smoothing)
     if task_weights is not None:
         raise ValueError(
             "task_weights weighs the losses of several label columns (a 2-D y of class "
             "labels); this y is not one. Set task_weights=None."
         )
-    return _single_task_targets(y)
+    return _single_task_targets(y, label_smoothing)
 
 
 def _label_columns(values: np.ndarray) -> bool:
@@ -47,7 +53,7 @@ def _label_columns(values: np.ndarray) -> bool:
     return type_of_target(values, input_name="y") == "multiclass-multioutput"
 
 
-def _multitask_targets(y, rows: np.ndarray, task_weights=None) -> Targets:
+def _multitask_targets(y, rows: np.ndarray, task_weights, label_smoothing) -> Targets:
     """One softmax head per label column (``rows``: ``y`` checked, as objects); each
     image's loss is the weighted sum of its tasks' cross-entropies."""
     names = _column_names(y, rows.shape[1])
@@ -67,10 +73,8 @@ def _multitask_targets(y, rows: np.ndarray, task_weights=None) -> Targets:
     return Targets(
         np.stack(codes, axis=1).astype(np.int64),
         sum(sizes),
-        "multitask_cross_entropy",
+        MultiTask(sizes, _task_weights(task_weights, names), label_smoothing),
         attributes={"classes_": classes, "multilabel_": False, "multitask_": True},
-        task_sizes=sizes,
-        task_weights=_task_weights(task_weights, names),
     )
 
 
@@ -100,19 +104,19 @@ def _task_weights(task_weights, names) -> tuple:
     return tuple(float(v) for v in w)
 
 
-def _single_task_targets(y) -> Targets:
+def _single_task_targets(y, label_smoothing) -> Targets:
     classes, y_enc, multilabel = _encode_labels(y)
     if multilabel:
         return Targets(
             y_enc,
             y_enc.shape[1],
-            "binary_cross_entropy",
+            Multilabel(),
             attributes={"classes_": classes, "multilabel_": True, "multitask_": False},
         )
     return Targets(
         y_enc,
         len(classes),
-        "cross_entropy",
+        CrossEntropy(label_smoothing),
         stratify=y_enc,
         attributes={"classes_": classes, "multilabel_": False, "multitask_": False},
     )
@@ -129,7 +133,7 @@ def regression_targets(y, n_images, loss: str, sample_weight=None) -> Targets:
     return Targets(
         ((values - mean) / scale).astype(np.float32),
         values.shape[1],
-        loss,
+        StandardisedRegression(loss),
         attributes={
             "n_outputs_": values.shape[1],
             "target_mean_": mean,

@@ -29,8 +29,8 @@ from sktransfer._cache import (
     count_rows,
 )
 from sktransfer._images import as_images
-from sktransfer._inference import run_forward
-from sktransfer._trainer import bottom_of_images, cached_rows
+from sktransfer._inference import frozen_bottom, run_forward
+from sktransfer._rows import cached_rows, frozen_namespace
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -358,7 +358,7 @@ class TestStoredAsBatchesFinish:
         split = _FakeSplit(model)
         source = as_images(make_images(7, 8, 8, seed=6))
         positions = np.arange(7)
-        compute = bottom_of_images(
+        compute = frozen_bottom(
             split,
             source,
             positions,
@@ -368,18 +368,18 @@ class TestStoredAsBatchesFinish:
             num_workers=0,
         )
         split.fail_at = 3
-        kwargs = dict(
-            memory=tmp_path,
-            identity={"model": "fake", "weights": "w"},
-            cfg={"input_size": (3, 8, 8)},
-            device=torch.device("cpu"),
+        names = frozen_namespace(
+            {"model": "fake", "weights": "w"},
+            {"input_size": (3, 8, 8)},
+            "after fake",
+            torch.device("cpu"),
         )
         with pytest.raises(RuntimeError, match="third"):
-            cached_rows("after fake", source, positions, compute, **kwargs)
+            cached_rows(names, source, positions, compute, memory=tmp_path)
         (namespace,) = (tmp_path / "sktransfer" / "embeddings").iterdir()
         assert count_rows(namespace) == 4
         split.fail_at, split.calls = None, 0
-        rows = cached_rows("after fake", source, positions, compute, **kwargs)
+        rows = cached_rows(names, source, positions, compute, memory=tmp_path)
         assert split.calls == 2  # the 3 remaining images, in batches of 2
         with torch.inference_mode():
             expected = model(torch.stack([_to_tensor(source.load(i)) for i in range(7)]))

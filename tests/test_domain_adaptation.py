@@ -18,10 +18,10 @@ from sklearn.model_selection import GridSearchCV
 from skorch.callbacks import Callback
 
 from sktransfer import FineTunedRegressor, PretrainedFeatureExtractor
-from sktransfer._adabn import adapt_batchnorm
 from sktransfer._backbone import eval_transform
+from sktransfer._finetuning._alignment import AdversarialLoss, DomainClassifier
+from sktransfer._finetuning._batchnorm import adapt_batchnorm
 from sktransfer._images import as_images
-from sktransfer._training import AdversarialLoss, DomainClassifier
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -350,11 +350,11 @@ class TestAlignmentLosses:
         assert not np.allclose(*probas, atol=1e-4)
 
     def test_skadas_losses(self):
-        from sktransfer._trainer import alignment_loss
+        from sktransfer._finetuning._alignment import skada_distance
 
         skada_losses = pytest.importorskip("skada.deep.losses")
-        assert alignment_loss("coral") is skada_losses.deepcoral_loss
-        assert alignment_loss("mmd") is skada_losses.dan_loss
+        assert skada_distance("coral") is skada_losses.deepcoral_loss
+        assert skada_distance("mmd") is skada_losses.dan_loss
 
     def test_search_over_the_method(self, domains):
         X, y, sample_domain, _ = domains

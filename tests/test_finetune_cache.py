@@ -14,7 +14,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from skorch.callbacks import Callback
 
-import sktransfer._trainer
+import sktransfer._inference
 from sktransfer import PretrainedFeatureExtractor
 from sktransfer._cache import count_rows
 from sktransfer._images import ArraySource
@@ -32,13 +32,13 @@ def colours():
 def bottom_rows(monkeypatch):
     """How many images each run of the frozen bottom over images got (in this process)."""
     calls = []
-    original = sktransfer._trainer.run_batches
+    original = sktransfer._inference.run_batches
 
     def counting(forward, source, transform, *, positions, **kwargs):
         calls.append(len(positions))
         return original(forward, source, transform, positions=positions, **kwargs)
 
-    monkeypatch.setattr(sktransfer._trainer, "run_batches", counting)
+    monkeypatch.setattr(sktransfer._inference, "run_batches", counting)
     return calls
 
 

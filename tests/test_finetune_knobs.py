@@ -28,7 +28,7 @@ from sktransfer._backbone import (
     eval_transform,
     train_transform,
 )
-from sktransfer._training import TransferModule, TransferNet, _mix
+from sktransfer._finetuning._net import TransferModule, TransferNet, _mix
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -166,6 +166,18 @@ def _two_classes(n=8):
 
 
 class TestMixing:
+    def test_random_state_fixes_the_mixing(self, colours):
+        """timm's Mixup draws from numpy's global generator: fit seeds it, and gives
+        the caller's state back."""
+        X, y = colours
+        state = np.random.get_state()  # noqa: NPY002
+        probas = [
+            tiny(mixup=0.4, cutmix=1.0, random_state=3).fit(X, y).predict_proba(X)
+            for _ in range(2)
+        ]
+        np.testing.assert_array_equal(*probas)
+        assert np.random.get_state()[1].tolist() == state[1].tolist()  # noqa: NPY002
+
     def test_stage_mixers_and_no_training_accuracy(self, colours):
         X, y = colours
         mixers = Mixers()

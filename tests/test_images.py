@@ -317,6 +317,9 @@ class TestLazyDecoding:
                 self.calls.append(i)
                 return self.files.load(i)
 
+            def key(self, i):
+                return self.files.key(i)
+
         source = CountingSource(pngs * 4)  # 24 files
         batch_size = 3
 

@@ -23,6 +23,7 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
+from skorch.callbacks import Callback
 
 from sktransfer import (
     FineTunedClassifier,
@@ -347,23 +348,19 @@ class TestRefit:
         assert extractor.transform(images).shape[1] == len(names)
         np.testing.assert_array_equal(extractor.get_feature_names_out(), names)
 
-    def test_predict_during_a_refit_sees_the_old_model(self, colours, monkeypatch):
+    def test_predict_during_a_refit_sees_the_old_model(self, colours):
         """A thread predicting while another refits never finds a half-built model."""
         X, y = colours
         clf = tiny().fit(X, y)
         expected = clf.predict_proba(X)
         started, release = threading.Event(), threading.Event()
 
-        from sktransfer import _trainer
+        class Pause(Callback):  # holds the refit in its first stage until released
+            def on_train_begin(self, net, **kwargs):
+                started.set()
+                release.wait(timeout=60)
 
-        run = _trainer.Trainer.run
-
-        def slow_run(trainer):
-            started.set()
-            release.wait(timeout=60)
-            return run(trainer)
-
-        monkeypatch.setattr(_trainer.Trainer, "run", slow_run)
+        clf.set_params(callbacks=[Pause()])
         refit = threading.Thread(target=clf.fit, args=(X, y))
         refit.start()
         started.wait(timeout=60)

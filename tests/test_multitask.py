@@ -12,7 +12,7 @@ from _finetune_fixtures import colour_images, tiny
 from sklearn.model_selection import GridSearchCV
 from skorch.callbacks import Callback
 
-from sktransfer._training import MultiTaskCrossEntropy, TaskHits
+from sktransfer._finetuning._objectives import MultiTaskCrossEntropy, TaskHits
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -80,15 +80,21 @@ def test_invalid_parameters_name_the_parameter_and_the_accepted_values(params, m
 
 
 def test_every_estimator_parameter_has_constraints():
-    for estimator in (sktransfer.PretrainedFeatureExtractor, sktransfer.FineTunedClassifier):
+    for estimator in (
+        sktransfer.PretrainedFeatureExtractor,
+        sktransfer.FineTunedClassifier,
+        sktransfer.FineTunedRegressor,
+    ):
         assert set(estimator._param_constraints) == set(estimator().get_params(deep=False))
 
 
 def test_no_private_sklearn_timm_or_skorch_imports():
-    """The package imports no private name (leading underscore) of scikit-learn, timm,
-    skorch or torch: they change without deprecation."""
+    """The package, subpackages included, imports no private name (leading underscore)
+    of scikit-learn, timm, skorch or torch: they change without deprecation."""
     offenders = []
-    for path in pathlib.Path(sktransfer.__file__).parent.glob("*.py"):
+    paths = sorted(pathlib.Path(sktransfer.__file__).parent.rglob("*.py"))
+    assert any(path.parent.name == "_finetuning" for path in paths)
+    for path in paths:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 root = node.module.split(".")[0]

@@ -1,27 +1,117 @@
-"""The skorch side of fine-tuning: the trainable module, the net and its callbacks."""
+"""The skorch side of a stage: the trainable module, the net and how one is built."""
 
 from __future__ import annotations
 
-import math
 import signal
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from skorch import NeuralNet
-from skorch.callbacks import Callback
+from skorch.callbacks import EarlyStopping, LRScheduler, ProgressBar
 from skorch.utils import to_tensor
 from torch import nn
 
-from . import _backbone
-from ._adabn import BATCHNORMS
-from ._device import autocast
+from .. import _backbone
+from .._device import autocast
+from ._batchnorm import BATCHNORMS
+from ._callbacks import Accuracy, StageName, warmup_cosine
 
 OPTIMIZERS = {
     "adamw": torch.optim.AdamW,
     "adam": torch.optim.Adam,
     "sgd": torch.optim.SGD,
 }
+
+
+def build_net(plan, backbone, stage, *, split, n_train, n_outputs, validating, extras=None):
+    """The skorch net of one stage: its trainable groups, schedule, loss and callbacks.
+
+    ``split``: the cut of cached inputs (None: images); ``extras``: what the trainer adds
+    to the stage (:class:`StageExtras`); ``validating``: whether a validation set scores
+    each epoch.
+    """
+    schedule, runtime = plan.schedule, plan.runtime
+    extras = StageExtras() if extras is None else extras
+    mixer = _mixer(plan, split, n_outputs)
+    batch = schedule.batch_size
+    drop_last = n_train % batch == 1 or (mixer is not None and n_train % batch % 2 == 1)
+    steps_per_epoch = max(1, n_train // batch if drop_last else -(-n_train // batch))
+    total = steps_per_epoch * max(1, stage.epochs)
+    schedule_lr = LRScheduler(
+        policy=torch.optim.lr_scheduler.LambdaLR,
+        lr_lambda=warmup_cosine(total, warmup_steps=min(steps_per_epoch, total // 10)),
+        step_every="batch",
+    )
+    callbacks = [("stage", StageName(stage.name)), ("lr_schedule", schedule_lr)]
+    hits = plan.objective.hits()
+    if hits is not None:
+        callbacks.append(("accuracy", Accuracy(hits, train=mixer is None)))
+    callbacks += extras.callbacks
+    if validating and schedule.early_stopping is not None:
+        stopping = EarlyStopping(patience=schedule.early_stopping, load_best=True)
+        callbacks.append(("early_stopping", stopping))
+    if runtime.verbose:
+        callbacks.append(("progress", ProgressBar()))
+    callbacks += runtime.callbacks
+    module = TransferModule(
+        backbone,
+        stage.lr_groups,
+        split,
+        schedule.weight_decay,
+        freeze_batchnorm=plan.regularisation.freeze_batchnorm,
+        channels_last=_backbone.prefers_channels_last(backbone),
+        domain_head=extras.domain_head,
+    )
+    workers = 0 if split is not None else runtime.num_workers
+    return TransferNet(
+        module=module,
+        criterion=plan.objective.criterion(plan.regularisation.mixing),
+        optimizer=OPTIMIZERS[schedule.optimizer],
+        lr=max(lr for _, lr in stage.lr_groups),
+        max_epochs=stage.epochs,
+        batch_size=batch,
+        train_split=None,
+        callbacks=callbacks,
+        device=str(runtime.device),
+        precision=runtime.precision,
+        mixer=mixer,
+        alignment=extras.alignment,
+        iterator_train__shuffle=True,
+        iterator_train__drop_last=drop_last,
+        iterator_train__num_workers=workers,
+        iterator_valid__num_workers=workers,
+        verbose=int(bool(runtime.verbose)),
+    )
+
+
+@dataclass(frozen=True)
+class StageExtras:
+    """What the trainer adds to a stage: named callbacks (weight averaging, the domain
+    loss's column), and for an aligning adaptation the target batches and loss of each
+    step (:class:`._alignment.DomainAlignment`) and a module trained alongside (DANN's
+    domain classifier)."""
+
+    callbacks: tuple = ()
+    alignment: object = None
+    domain_head: nn.Module | None = None
+
+
+def _mixer(plan, split, n_outputs):
+    """timm's Mixup for this stage's inputs: images, or cached activations (mixed at
+    the cut); pooled features have no space to cut, so they get mixup only."""
+    reg = plan.regularisation
+    cutmix = reg.cutmix if not (split is not None and split.point == "pooled") else 0.0
+    if reg.mixup == 0 and cutmix == 0:
+        return None
+    return _backbone.batch_mixer(
+        reg.mixup,
+        cutmix,
+        label_smoothing=getattr(plan.objective, "label_smoothing", 0.0),
+        n_classes=n_outputs,
+        multilabel=plan.objective.multilabel,
+    )
 
 
 class TransferModule(nn.Module):
@@ -230,78 +320,6 @@ class CtrlC:
         return False
 
 
-class DomainAlignment:
-    """What a training step needs to align source and target features: batches of
-    target inputs, drawn without end from ``loader``, a ``loss(features_source,
-    features_target, progress)`` and its ``weight``. ``progress`` (0 to 1 over ``total_steps``
-    calls of :meth:`next_batch`) drives the schedule of adversarial losses."""
-
-    def __init__(self, loader, loss, weight, total_steps=1):
-        self.loader, self.loss, self.weight = loader, loss, weight
-        self.total_steps, self.steps = max(1, total_steps), 0
-        self._batches = iter(())
-
-    @property
-    def progress(self) -> float:
-        return min(1.0, self.steps / self.total_steps)
-
-    def next_batch(self, device):
-        self.steps += 1
-        try:
-            x = next(self._batches)
-        except StopIteration:
-            self._batches = iter(self.loader)
-            x = next(self._batches)
-        return to_tensor(x, device=device)
-
-
-class DomainClassifier(nn.Module):
-    """DANN's domain classifier (Ganin et al., 2016) on pooled features, behind a
-    gradient-reversal layer (skada's): one logit per image, source 0, target 1."""
-
-    def __init__(self, n_features, hidden=100):
-        from skada.deep.modules import GradientReversalLayer
-
-        super().__init__()
-        self.reverse = GradientReversalLayer.apply
-        self.layers = nn.Sequential(
-            nn.Linear(n_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, 1)
-        )
-
-    def forward(self, features, reversal):
-        return self.layers(self.reverse(features, reversal))[:, 0]
-
-
-class FeatureLoss:
-    """A distance between source and target features (deep CORAL, MMD): no schedule."""
-
-    def __init__(self, distance):
-        self.distance = distance
-
-    def __call__(self, features_source, features_target, progress):
-        return self.distance(features_source, features_target)
-
-
-class AdversarialLoss:
-    """DANN's loss: the domain classifier's cross-entropy on source and target features
-    (skada's ``DANNLoss`` on logits), its gradient reversed into the backbone with the
-    usual ramp ``2 / (1 + exp(-10 p)) - 1`` of training progress ``p``."""
-
-    def __init__(self, domain_head):
-        from skada.deep import DANNLoss
-
-        self.domain_head = domain_head
-        self.criterion = DANNLoss(domain_criterion=nn.BCEWithLogitsLoss())
-
-    def __call__(self, features_source, features_target, progress):
-        reversal = 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
-        # One batch of both domains, as in DANN and skada: a BatchNorm in the domain
-        # classifier that saw each domain alone would normalise away their difference.
-        logits = self.domain_head(torch.cat([features_source, features_target]), reversal)
-        n = len(features_source)
-        return self.criterion(logits[:n], logits[n:])
-
-
 def _mix(mixer, batch, device):
     """Mix a training batch (inputs, targets): targets become soft."""
     X, y = batch
@@ -337,117 +355,3 @@ def _frozen_modules(backbone: nn.Module) -> list[nn.Module]:
         if owner is not None and not any(p.requires_grad for p in owner.parameters()):
             frozen.append(module)
     return frozen
-
-
-def warmup_cosine(total_steps: int, warmup_steps: int):
-    """Linear warm-up then cosine decay to zero, as a ``LambdaLR`` factor."""
-    return _WarmupCosine(total_steps, warmup_steps)
-
-
-class _WarmupCosine:
-    def __init__(self, total_steps, warmup_steps):
-        self.total_steps = max(1, total_steps)
-        self.warmup_steps = warmup_steps
-
-    def __call__(self, step):
-        if step < self.warmup_steps:
-            return (step + 1) / (self.warmup_steps + 1)
-        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-class MultiTaskCrossEntropy(nn.Module):
-    """The loss of several label columns on one backbone: the outputs hold one block of
-    logits per task (one linear head each), and each image's loss is the weighted sum
-    over tasks of its cross-entropy (``reduction="none"``: one loss per image)."""
-
-    def __init__(self, task_sizes, task_weights, label_smoothing=0.0):
-        super().__init__()
-        self.task_sizes = tuple(task_sizes)
-        self.task_weights = tuple(task_weights)
-        self.label_smoothing = label_smoothing
-
-    def forward(self, logits, y):
-        blocks = torch.split(logits, self.task_sizes, dim=1)
-        losses = [
-            weight
-            * nn.functional.cross_entropy(
-                block, y[:, t], reduction="none", label_smoothing=self.label_smoothing
-            )
-            for t, (block, weight) in enumerate(zip(blocks, self.task_weights, strict=True))
-        ]
-        return torch.stack(losses, dim=1).sum(dim=1)
-
-
-def label_hits(y_pred, y):
-    """Per image: 1 if the top class is the label."""
-    return (y_pred.argmax(dim=1) == y).float()
-
-
-def multilabel_hits(y_pred, y):
-    """Per image: the fraction of its labels predicted right (logit > 0)."""
-    return ((y_pred > 0).float() == y).float().mean(dim=1)
-
-
-class TaskHits:
-    """Per image: the fraction of its tasks whose top class is the label."""
-
-    def __init__(self, task_sizes):
-        self.task_sizes = tuple(task_sizes)
-
-    def __call__(self, y_pred, y):
-        blocks = torch.split(y_pred, self.task_sizes, dim=1)
-        hits = [block.argmax(dim=1) == y[:, t] for t, block in enumerate(blocks)]
-        return torch.stack(hits, dim=1).float().mean(dim=1)
-
-
-class Accuracy(Callback):
-    """Record ``train_acc`` and ``valid_acc`` from the outputs of the training and
-    validation steps (no extra forward). ``hits(y_pred, y)`` scores each image (see
-    :func:`label_hits`). Training accuracy is of the model while it trains (dropout on),
-    as Keras reports it; ``train=False`` skips it (mixed batches)."""
-
-    def __init__(self, hits=label_hits, train=True):
-        self.hits = hits
-        self.train = train
-
-    def on_epoch_begin(self, net, **kwargs):
-        self.counts_ = {True: [0.0, 0], False: [0.0, 0]}
-
-    def on_batch_end(self, net, batch, training, y_pred=None, **kwargs):
-        if y_pred is None or (training and not self.train):
-            return
-        hits = self.hits(y_pred, batch[1].to(y_pred.device))
-        count = self.counts_[bool(training)]
-        count[0] += float(hits.sum())
-        count[1] += len(hits)
-
-    def on_epoch_end(self, net, **kwargs):
-        for training, name in ((True, "train_acc"), (False, "valid_acc")):
-            correct, total = self.counts_[training]
-            if total:
-                net.history.record(name, correct / total)
-
-
-class WeightAverage(Callback):
-    """Update an exponential moving average of the backbone's weights (timm's
-    ``ModelEmaV3``) after every optimizer step; the step count carries across stages."""
-
-    def __init__(self, ema):
-        self.ema = ema
-        self.steps_ = 0
-
-    def on_batch_end(self, net, training=False, **kwargs):
-        if training:
-            self.ema.update(net.module_.backbone, step=self.steps_)
-            self.steps_ += 1
-
-
-class StageName(Callback):
-    """Record which stage of the schedule each epoch belongs to."""
-
-    def __init__(self, stage):
-        self.stage = stage
-
-    def on_epoch_end(self, net, **kwargs):
-        net.history.record("stage", self.stage)

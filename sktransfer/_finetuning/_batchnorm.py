@@ -1,5 +1,6 @@
-"""AdaBN (Li et al., 2016) for a fine-tuned model: every BatchNorm layer normalises the
-target domain's activations the way it normalised the source's.
+"""BatchNorm statistics, and AdaBN (Li et al., 2016) for a fine-tuned model: every
+BatchNorm layer normalises the target domain's activations the way it normalised the
+source's.
 
 Li et al. recompute each BatchNorm layer's statistics on the target images, which is
 right when the model trained under statistics of its own training images. A model
@@ -17,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import _backbone
-from ._inference import run_batches
+from .. import _backbone
+from .._inference import run_batches
 
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 

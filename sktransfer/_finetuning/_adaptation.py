@@ -1,0 +1,177 @@
+"""Domain adaptation strategies: one small object per method (modelled on skada's
+``BaseDALoss``), each with its checks, its per-stage extras and its after-training step.
+
+:func:`adaptation_for` is the one place where ``domain_adaptation``'s string becomes an
+object; the training loop asks the object, never the string. A new method is a class
+here and a line in :data:`ADAPTATIONS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from skorch.callbacks import PassthroughScoring
+from torch import nn
+
+from .. import _backbone
+from ._alignment import (
+    AdversarialLoss,
+    DomainAlignment,
+    DomainClassifier,
+    FeatureLoss,
+    adversary_diverged,
+    require_skada,
+    skada_distance,
+)
+from ._batchnorm import adapt_batchnorm, batchnorm_layers
+from ._net import StageExtras
+
+
+class Adaptation:
+    """A method of adapting to unlabelled target images. The base does nothing: each
+    hook is a no-op that a method overrides where it acts."""
+
+    name = ""
+    aligns = False  # adds a loss on target batches to the training steps
+    adapts_batchnorm = False  # changes the BatchNorm layers, frozen ones included
+
+    def check(self, plan, backbone: nn.Module, data) -> None:
+        """Raise, before training, if this method cannot run on this model and data."""
+
+    def stage_extras(self, backbone, stage, target_inputs, steps, batch_size) -> StageExtras:
+        raise TypeError(f"domain_adaptation={self.name!r} adds nothing to training steps.")
+
+    def after_stage(self, history) -> Warning | None:
+        """A warning about the stage that just ended (``history``: its skorch history)."""
+        return None
+
+    def after_training(self, backbone, data, plan, transform) -> list[dict]:
+        """Adapt the trained ``backbone`` in place; return records for ``history_``."""
+        return []
+
+
+def _require_batchnorm(name: str, backbone: nn.Module) -> None:
+    if not batchnorm_layers(backbone):
+        raise ValueError(
+            f"domain_adaptation={name!r} adapts BatchNorm layers to the target images, "
+            "and this model has no BatchNorm layer (vision transformers use LayerNorm). "
+            "Choose a convolutional model, or domain_adaptation=None."
+        )
+
+
+class AdaBN(Adaptation):
+    """After training, BatchNorm statistics that normalise target activations as the
+    source's were (:func:`._batchnorm.adapt_batchnorm`)."""
+
+    name = "adabn"
+    adapts_batchnorm = True
+
+    def check(self, plan, backbone, data):
+        _require_batchnorm(self.name, backbone)
+
+    def after_training(self, backbone, data, plan, transform):
+        runtime = plan.runtime
+        adapt_batchnorm(
+            backbone,
+            data.source,
+            data.target,
+            transform,
+            batch_size=plan.schedule.batch_size,
+            device=runtime.device,
+            num_workers=runtime.num_workers,
+        )
+        return []
+
+
+@dataclass(frozen=True)
+class _Aligning(Adaptation):
+    """A loss between the pooled features of source and target batches in every step
+    of the stages that train backbone layers, weighted by ``weight``."""
+
+    weight: float = 1.0
+
+    aligns = True
+
+    def check(self, plan, backbone, data):
+        require_skada(self.name)
+        last = plan.schedule.training[-1:]
+        if not last or last[0].head_only(backbone):
+            raise ValueError(
+                f"domain_adaptation={self.name!r} aligns the features of trainable backbone "
+                "layers, and only the head trains (freeze_depth='all', or max_epochs=0). "
+                "Lower freeze_depth, or use domain_adaptation='adabn'."
+            )
+        if len(data.target) < 2:
+            raise ValueError(
+                f"domain_adaptation={self.name!r} compares feature statistics of target "
+                f"batches and needs at least 2 target images; got {len(data.target)}."
+            )
+
+    def stage_extras(self, backbone, stage, target_inputs, steps, batch_size):
+        loader = torch.utils.data.DataLoader(
+            target_inputs,
+            batch_size=min(batch_size, len(target_inputs)),
+            shuffle=True,
+            drop_last=True,
+        )
+        head = self._domain_head(backbone)
+        loss = AdversarialLoss(head) if head is not None else FeatureLoss(self._distance())
+        scoring = ("domain_loss", PassthroughScoring("domain_loss", on_train=True))
+        alignment = DomainAlignment(loader, loss, self.weight, steps)
+        return StageExtras((scoring,), alignment, head)
+
+    def _domain_head(self, backbone):
+        return None
+
+    def _distance(self):
+        return skada_distance(self.name)
+
+
+@dataclass(frozen=True)
+class FeatureAlignment(_Aligning):
+    """Deep CORAL (Sun & Saenko 2016) or DAN's multi-kernel MMD (Long et al. 2015)."""
+
+    distance: str = "coral"  # "coral" or "mmd"
+
+    @property
+    def name(self):
+        return self.distance
+
+    def check(self, plan, backbone, data):
+        if plan.regularisation.mixing:
+            raise ValueError(
+                f"domain_adaptation={self.name!r} cannot be combined with mixup or cutmix "
+                "(the alignment compares unmixed features); set mixup=0 and cutmix=0, or "
+                "domain_adaptation='adabn'."
+            )
+        super().check(plan, backbone, data)
+
+
+@dataclass(frozen=True)
+class Adversarial(_Aligning):
+    """DANN (Ganin et al. 2016): a domain classifier trained against the backbone through
+    a gradient-reversal layer."""
+
+    name = "dann"
+
+    def _domain_head(self, backbone):
+        return DomainClassifier(_backbone.pooled_width(backbone))
+
+    def after_stage(self, history):
+        return adversary_diverged(history)
+
+
+# ``domain_adaptation``'s values, each with the strategy it becomes (given
+# ``adaptation_weight``, which only the aligning methods use).
+ADAPTATIONS = {
+    "adabn": lambda weight: AdaBN(),
+    "coral": lambda weight: FeatureAlignment(weight, distance="coral"),
+    "mmd": lambda weight: FeatureAlignment(weight, distance="mmd"),
+    "dann": lambda weight: Adversarial(weight),
+}
+
+
+def adaptation_for(name: str | None, weight: float = 1.0) -> Adaptation | None:
+    """The strategy of ``domain_adaptation=name`` (None: no adaptation)."""
+    return None if name is None else ADAPTATIONS[name](weight)

@@ -1,0 +1,85 @@
+"""The loop of a fine-tune: stages in order, weight averaging, then adaptation.
+
+:func:`train` runs a :class:`~._plan.TrainingPlan` on a backbone and its data and returns
+a :class:`~._plan.TrainingResult`; it reads the plan, never an estimator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from skorch.helper import predefined_split
+
+from .. import _backbone
+from ._callbacks import WeightAverage
+from ._inputs import StageInputs
+from ._net import StageExtras, build_net
+from ._plan import TrainingResult
+
+
+def train(plan, backbone, data) -> TrainingResult:
+    """Train ``backbone`` (in place) by ``plan`` on ``data``."""
+    adaptation = plan.adaptation if data.target is not None else None
+    if adaptation is not None:
+        adaptation.check(plan, backbone, data)
+    decay = plan.regularisation.ema
+    ema = _backbone.weight_average(backbone, decay) if decay is not None else None
+    averaging = (("ema", WeightAverage(ema)),) if ema is not None else ()
+    inputs = StageInputs(
+        plan, backbone, data, aligning=adaptation is not None and adaptation.aligns
+    )
+    history, warnings = [], []
+    try:
+        for stage in plan.schedule.training:
+            net, warning = _run_stage(plan, backbone, data, stage, inputs, averaging, adaptation)
+            history += epoch_records(net.history, offset=len(history))
+            warnings += [warning] if warning is not None else []
+    finally:
+        inputs.close()
+    if ema is not None:
+        backbone.load_state_dict(ema.module.state_dict())
+    if adaptation is not None:
+        records = adaptation.after_training(backbone, data, plan, inputs.eval_tf)
+        history += _numbered(records, offset=len(history))
+    return TrainingResult(backbone.eval(), history, inputs.cached, tuple(warnings))
+
+
+def _run_stage(plan, backbone, data, stage, inputs, averaging, adaptation):
+    """Fit one stage's net; returns it and a warning of the adaptation (or None)."""
+    split, train_set, valid_set = inputs.datasets(stage)
+    extras = StageExtras(averaging)
+    aligning = adaptation is not None and adaptation.aligns and not stage.head_only(backbone)
+    if aligning:
+        batch_size = plan.schedule.batch_size
+        steps = -(-len(data.train_idx) // batch_size) * stage.epochs
+        own = adaptation.stage_extras(backbone, stage, inputs.target(), steps, batch_size)
+        extras = replace(own, callbacks=(*averaging, *own.callbacks))
+    net = build_net(
+        plan,
+        backbone,
+        stage,
+        split=split,
+        n_train=len(data.train_idx),
+        n_outputs=data.n_outputs,
+        validating=valid_set is not None,
+        extras=extras,
+    )
+    if valid_set is not None:
+        net.set_params(train_split=predefined_split(valid_set))
+    net.fit(train_set, None)
+    return net, adaptation.after_stage(net.history) if aligning else None
+
+
+def epoch_records(history, offset):
+    """skorch's epoch rows as ``history_`` records, numbered across stages."""
+    records = []
+    for i, row in enumerate(history):
+        record = {k: v for k, v in row.items() if k not in ("batches", "dur")}
+        record["epoch"] = offset + i + 1
+        record["dur"] = row.get("dur")
+        records.append(record)
+    return records
+
+
+def _numbered(records, offset):
+    return [{"epoch": offset + i + 1, **record} for i, record in enumerate(records)]

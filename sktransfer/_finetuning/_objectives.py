@@ -1,0 +1,163 @@
+"""Objectives: one object per target kind, owning its criterion, its accuracy, the
+dtype of its targets and what it can be combined with (modelled on timm's ``task/``
+classes).
+
+The target code (:mod:`sktransfer._targets`) reads ``y`` and chooses the objective;
+the regressor's ``loss`` string becomes one in :data:`REGRESSION_LOSSES`. Every later
+decision (which loss, whether to record accuracy, how to mix) asks the object.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+class Objective(ABC):
+    """What a fine-tune minimises for one kind of target."""
+
+    target_dtype: torch.dtype = torch.float32
+    multilabel: bool = False  # several 0/1 labels per image (how timm's Mixup mixes them)
+
+    @abstractmethod
+    def criterion(self, mixing: bool) -> nn.Module:
+        """The loss module, one loss per image (``reduction="none"``); ``mixing``: the
+        targets arrive mixed (and smoothed) by timm's Mixup."""
+
+    def hits(self) -> Callable | None:
+        """Scores each image's prediction for the accuracy columns of ``history_``
+        (``hits(y_pred, y)``: 1 per right image); None records no accuracy."""
+        return None
+
+    def check(self, *, mixing: bool = False, class_weighted: bool = False) -> None:  # noqa: B027
+        """Raise if this target kind cannot train with mixup/cutmix or class weights
+        (every combination is fine unless a target kind says otherwise)."""
+
+
+@dataclass(frozen=True)
+class CrossEntropy(Objective):
+    """Class labels: one softmax over the classes."""
+
+    label_smoothing: float = 0.0
+    class_weight: tuple | None = None  # one weight per class, from the training labels
+
+    target_dtype = torch.long
+
+    def criterion(self, mixing):
+        weight = None if self.class_weight is None else torch.tensor(self.class_weight)
+        return nn.CrossEntropyLoss(
+            weight=None if weight is None else weight.float(),
+            label_smoothing=0.0 if mixing else self.label_smoothing,  # Mixup smooths
+            reduction="none",
+        )
+
+    def hits(self):
+        return label_hits
+
+
+@dataclass(frozen=True)
+class Multilabel(Objective):
+    """A 0/1 indicator matrix: one sigmoid per label."""
+
+    multilabel = True
+
+    def criterion(self, mixing):
+        return nn.BCEWithLogitsLoss(reduction="none")
+
+    def hits(self):
+        return multilabel_hits
+
+    def check(self, *, mixing=False, class_weighted=False):
+        if class_weighted:
+            raise ValueError("class_weight is not supported for multilabel targets.")
+
+
+@dataclass(frozen=True)
+class MultiTask(Objective):
+    """Several label columns: one block of logits (one linear head) per task."""
+
+    task_sizes: tuple
+    task_weights: tuple
+    label_smoothing: float = 0.0
+
+    target_dtype = torch.long
+
+    def criterion(self, mixing):
+        return MultiTaskCrossEntropy(self.task_sizes, self.task_weights, self.label_smoothing)
+
+    def hits(self):
+        return TaskHits(self.task_sizes)
+
+    def check(self, *, mixing=False, class_weighted=False):
+        if mixing or class_weighted:
+            raise ValueError(
+                "Several label columns (multi-task) support neither class_weight nor "
+                "mixup/cutmix (they mix or weigh one label per image); set "
+                "class_weight=None, mixup=0 and cutmix=0, or fit one column at a time."
+            )
+
+
+# The regressor's ``loss`` parameter: each name and its criterion.
+REGRESSION_LOSSES = {
+    "squared_error": lambda: nn.MSELoss(reduction="none"),
+    "huber": lambda: nn.HuberLoss(reduction="none", delta=1.0),
+}
+
+
+@dataclass(frozen=True)
+class StandardisedRegression(Objective):
+    """Real targets, standardised per column inside ``fit``."""
+
+    loss: str = "squared_error"  # a key of REGRESSION_LOSSES
+
+    def criterion(self, mixing):
+        return REGRESSION_LOSSES[self.loss]()
+
+
+class MultiTaskCrossEntropy(nn.Module):
+    """The loss of several label columns on one backbone: the outputs hold one block of
+    logits per task (one linear head each), and each image's loss is the weighted sum
+    over tasks of its cross-entropy (``reduction="none"``: one loss per image)."""
+
+    def __init__(self, task_sizes, task_weights, label_smoothing=0.0):
+        super().__init__()
+        self.task_sizes = tuple(task_sizes)
+        self.task_weights = tuple(task_weights)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits, y):
+        blocks = torch.split(logits, self.task_sizes, dim=1)
+        losses = [
+            weight
+            * nn.functional.cross_entropy(
+                block, y[:, t], reduction="none", label_smoothing=self.label_smoothing
+            )
+            for t, (block, weight) in enumerate(zip(blocks, self.task_weights, strict=True))
+        ]
+        return torch.stack(losses, dim=1).sum(dim=1)
+
+
+def label_hits(y_pred, y):
+    """Per image: 1 if the top class is the label."""
+    return (y_pred.argmax(dim=1) == y).float()
+
+
+def multilabel_hits(y_pred, y):
+    """Per image: the fraction of its labels predicted right (logit > 0)."""
+    return ((y_pred > 0).float() == y).float().mean(dim=1)
+
+
+class TaskHits:
+    """Per image: the fraction of its tasks whose top class is the label."""
+
+    def __init__(self, task_sizes):
+        self.task_sizes = tuple(task_sizes)
+
+    def __call__(self, y_pred, y):
+        blocks = torch.split(y_pred, self.task_sizes, dim=1)
+        hits = [block.argmax(dim=1) == y[:, t] for t, block in enumerate(blocks)]
+        return torch.stack(hits, dim=1).float().mean(dim=1)
