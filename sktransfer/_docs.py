@@ -133,7 +133,7 @@ activation_budget : int or str, default="4GiB"
     such as ``"500MB"``); beyond it they spill to memory-mapped files (under
     ``memory``, or a temporary folder) that are deleted after the fit.""",
     "domain_adaptation": """\
-domain_adaptation : {None, "adabn", "coral", "mmd", "dann"}, default=None
+domain_adaptation : {None, "adabn", "tent", "coral", "mmd", "dann"}, default=None
     Adapt to the unlabelled target images of ``fit`` (see ``sample_domain``).
     ``"adabn"`` (AdaBN, Li et al. 2016) trains as without adaptation, then sets
     every BatchNorm layer's statistics so that target activations are normalised as
@@ -146,7 +146,15 @@ domain_adaptation : {None, "adabn", "coral", "mmd", "dann"}, default=None
     ``domain_loss``. ``"dann"`` (Ganin et al. 2016) trains a domain classifier on
     the pooled features of both batches against the backbone, through a
     gradient-reversal layer whose strength ramps up as ``2 / (1 + exp(-10 p)) - 1``
-    over the stage (skada's ``DANNLoss``).""",
+    over the stage (skada's ``DANNLoss``). ``"tent"`` (TENT, Wang et al. 2021) trains
+    as without adaptation, then minimises the entropy of the predictions on the
+    target images (test-time adaptation: class labels only), updating only the
+    BatchNorm affine parameters while each BatchNorm layer normalises with its target
+    batch's statistics (Adam, lr 1e-3, 2 passes over the target images, in batches of
+    ``batch_size``); the layers then keep the target images' statistics for
+    prediction. ``history_`` records ``target_entropy`` for each pass (stage
+    ``"tent"``). Like AdaBN, it needs BatchNorm layers and shares no activations
+    through ``memory``.""",
     "adaptation_weight": """\
 adaptation_weight : float, default=1.0
     Weight of the ``"coral"``, ``"mmd"`` or ``"dann"`` loss against the task loss

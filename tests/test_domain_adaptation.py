@@ -206,7 +206,7 @@ class TestBadInput:
         X, y, sample_domain, _ = domains
         with pytest.raises(
             ValueError,
-            match=r"'domain_adaptation' parameter .* \{'adabn', 'coral', 'dann', 'mmd'\}",
+            match=r"'domain_adaptation' parameter .* \{'adabn', 'coral', 'dann', 'mmd', 'tent'\}",
         ):
             tiny(domain_adaptation="dann-ish").fit(X, y, sample_domain=sample_domain)
 

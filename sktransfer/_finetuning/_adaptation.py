@@ -8,6 +8,7 @@ here and a line in :data:`ADAPTATIONS`.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,8 @@ from skorch.callbacks import PassthroughScoring
 from torch import nn
 
 from .. import _backbone
+from .._device import autocast
+from .._inference import run_batches
 from ._alignment import (
     AdversarialLoss,
     DomainAlignment,
@@ -24,7 +27,8 @@ from ._alignment import (
     require_skada,
     skada_distance,
 )
-from ._batchnorm import adapt_batchnorm, batchnorm_layers
+from ._batchnorm import adapt_batchnorm, batchnorm_layers, recompute_statistics
+from ._datasets import ImageDataset, InputsOnly
 from ._net import StageExtras
 
 
@@ -82,6 +86,98 @@ class AdaBN(Adaptation):
             num_workers=runtime.num_workers,
         )
         return []
+
+
+@dataclass(frozen=True)
+class Tent(Adaptation):
+    """TENT (Wang et al., 2021): after training, minimise the entropy of the predictions
+    on the target images, updating only the BatchNorm affine parameters while every
+    BatchNorm layer normalises with the statistics of its target batch; then the layers
+    keep the target statistics for prediction. Adam at ``lr`` for ``epochs`` passes."""
+
+    epochs: int = 2
+    lr: float = 1e-3
+
+    name = "tent"
+    adapts_batchnorm = True
+
+    def check(self, plan, backbone, data):
+        _require_batchnorm(self.name, backbone)
+        if plan.objective.entropy(torch.zeros(1, data.n_outputs)) is None:
+            raise ValueError(
+                "domain_adaptation='tent' minimises the entropy of predicted classes, and "
+                "real-valued targets have none. Use domain_adaptation='adabn'."
+            )
+
+    def after_training(self, backbone, data, plan, transform):
+        layers = batchnorm_layers(backbone)
+        affine = [p for layer in layers for p in (layer.weight, layer.bias) if p is not None]
+        trainable = {id(p) for p in affine}
+        flags = [(p, p.requires_grad) for p in backbone.parameters()]
+        for p, _ in flags:
+            p.requires_grad_(id(p) in trainable)
+        try:
+            records = self._minimise_entropy(backbone, layers, affine, data.target, plan, transform)
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+        _keep_target_statistics(backbone, data.target, plan, transform)
+        return records
+
+    def _minimise_entropy(self, backbone, layers, affine, target, plan, transform):
+        runtime, batch_size = plan.runtime, plan.schedule.batch_size
+        loader = torch.utils.data.DataLoader(
+            InputsOnly(ImageDataset(target, transform, torch.zeros(len(target)))),
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=len(target) % batch_size == 1,  # a batch of one has no statistics
+            num_workers=runtime.num_workers,
+        )
+        optimizer = torch.optim.Adam(affine, lr=self.lr)
+        channels_last = _backbone.prefers_channels_last(backbone)
+        records = []
+        for _ in range(self.epochs):
+            start, total, seen = time.perf_counter(), 0.0, 0
+            backbone.eval()
+            for layer in layers:
+                layer.train()  # normalise with the target batch's statistics
+            for x in loader:
+                x = x.to(runtime.device)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(runtime.device, runtime.precision):
+                    logits = backbone(x)
+                entropy = plan.objective.entropy(logits.float()).mean()
+                optimizer.zero_grad()
+                entropy.backward()
+                optimizer.step()
+                total, seen = total + entropy.item() * len(x), seen + len(x)
+            entropy = total / max(seen, 1)
+            records.append({"stage": "tent", "target_entropy": entropy, "dur": _since(start)})
+        backbone.eval()
+        return records
+
+
+def _since(start: float) -> float:
+    return time.perf_counter() - start
+
+
+def _keep_target_statistics(backbone, target, plan, transform) -> None:
+    """Every BatchNorm layer's running statistics: those of the target images."""
+    runtime = plan.runtime
+    recompute_statistics(
+        backbone,
+        lambda: run_batches(
+            lambda x: backbone(x)[:, :0],  # only the statistics matter: keep no output
+            target,
+            transform,
+            batch_size=plan.schedule.batch_size,
+            device=runtime.device,
+            precision="float32",
+            num_workers=runtime.num_workers,
+            channels_last=_backbone.prefers_channels_last(backbone),
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -169,6 +265,7 @@ ADAPTATIONS = {
     "coral": lambda weight: FeatureAlignment(weight, distance="coral"),
     "mmd": lambda weight: FeatureAlignment(weight, distance="mmd"),
     "dann": lambda weight: Adversarial(weight),
+    "tent": lambda weight: Tent(),
 }
 
 

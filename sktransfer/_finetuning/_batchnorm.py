@@ -121,3 +121,23 @@ def _renormalise(layer, source: Moments, target: Moments) -> None:
     new_var = ((var + eps) * ratio**2 - eps).clamp(min=0.0)
     layer.running_mean.copy_(new_mean.to(layer.running_mean.dtype))
     layer.running_var.copy_(new_var.to(layer.running_var.dtype))
+
+
+def recompute_statistics(backbone: nn.Module, forward_all) -> None:
+    """Set every BatchNorm layer's running statistics to the average of the batch
+    statistics that ``forward_all()`` (a pass over some images) meets, the rest of the
+    model in eval mode and nothing learning."""
+    layers = batchnorm_layers(backbone)
+    momenta = [layer.momentum for layer in layers]
+    backbone.eval()
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # a cumulative average over the batches
+        layer.train()
+    try:
+        with torch.no_grad():
+            forward_all()
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+        backbone.eval()

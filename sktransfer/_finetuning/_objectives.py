@@ -33,6 +33,11 @@ class Objective(ABC):
         (``hits(y_pred, y)``: 1 per right image); None records no accuracy."""
         return None
 
+    def entropy(self, logits: torch.Tensor) -> torch.Tensor | None:
+        """The entropy of each image's predicted distribution (what test-time
+        adaptation minimises); None for targets without one (real values)."""
+        return None
+
     def check(self, *, mixing: bool = False, class_weighted: bool = False) -> None:  # noqa: B027
         """Raise if this target kind cannot train with mixup/cutmix or class weights
         (every combination is fine unless a target kind says otherwise)."""
@@ -58,6 +63,9 @@ class CrossEntropy(Objective):
     def hits(self):
         return label_hits
 
+    def entropy(self, logits):
+        return softmax_entropy(logits)
+
 
 @dataclass(frozen=True)
 class Multilabel(Objective):
@@ -70,6 +78,10 @@ class Multilabel(Objective):
 
     def hits(self):
         return multilabel_hits
+
+    def entropy(self, logits):
+        p, log_sigmoid = torch.sigmoid(logits), nn.functional.logsigmoid
+        return -(p * log_sigmoid(logits) + (1 - p) * log_sigmoid(-logits)).sum(dim=1)
 
     def check(self, *, mixing=False, class_weighted=False):
         if class_weighted:
@@ -91,6 +103,10 @@ class MultiTask(Objective):
 
     def hits(self):
         return TaskHits(self.task_sizes)
+
+    def entropy(self, logits):
+        blocks = torch.split(logits, self.task_sizes, dim=1)
+        return sum(softmax_entropy(block) for block in blocks)
 
     def check(self, *, mixing=False, class_weighted=False):
         if mixing or class_weighted:
@@ -139,6 +155,12 @@ class MultiTaskCrossEntropy(nn.Module):
             for t, (block, weight) in enumerate(zip(blocks, self.task_weights, strict=True))
         ]
         return torch.stack(losses, dim=1).sum(dim=1)
+
+
+def softmax_entropy(logits):
+    """Per image: the entropy of the softmax of its logits."""
+    log_p = torch.log_softmax(logits, dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1)
 
 
 def label_hits(y_pred, y):
