@@ -55,6 +55,17 @@ def random_images(n, size=TINY_SIZE, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
+def two_domains(n: int):
+    """``n`` labelled source images (colour classes 0, 1, 2) and ``n`` unlabelled target
+    images of the same colours, darker and with less contrast: images, ``y`` (-1 for
+    the target), ``sample_domain`` (1 and -1) and the target's true labels."""
+    y = np.arange(n) % 3
+    target = colour_images(y, seed=1).astype(np.int16) // 2 + 60
+    X = np.concatenate([colour_images(y), target.astype(np.uint8)])
+    sample_domain = np.r_[np.ones(n, dtype=int), -np.ones(n, dtype=int)]
+    return X, np.r_[y, -np.ones(n, dtype=int)], sample_domain, y
+
+
 def tiny(estimator=FineTunedClassifier, **params):
     """A fine-tuner (``FineTunedClassifier`` by default) on timm's tiny random-weight
     EfficientNet, on the CPU."""

@@ -9,7 +9,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from _finetune_fixtures import colour_images, tiny
+from _finetune_fixtures import tiny, two_domains
 
 from sktransfer import FineTunedClassifier, FineTunedRegressor
 from sktransfer._finetuning._batchnorm import BATCHNORMS
@@ -19,16 +19,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 N = 24
 
 
-def shifted(images):
-    """Another domain: darker, lower-contrast images of the same colours."""
-    return (images.astype(np.int16) // 2 + 60).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def domains():
-    y = np.arange(N) % 3
-    X = np.concatenate([colour_images(y), shifted(colour_images(y, seed=1))])
-    return X, np.r_[y, -np.ones(N, dtype=int)], np.r_[np.ones(N), -np.ones(N)]
+    return two_domains(N)[:3]
 
 
 @pytest.fixture(scope="module")
