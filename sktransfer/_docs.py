@@ -149,12 +149,12 @@ domain_adaptation : {None, "adabn", "tent", "coral", "mmd", "dann"}, default=Non
     over the stage (skada's ``DANNLoss``). ``"tent"`` (TENT, Wang et al. 2021) trains
     as without adaptation, then minimises the entropy of the predictions on the
     target images (test-time adaptation: class labels only), updating only the
-    BatchNorm affine parameters while each BatchNorm layer normalises with its target
-    batch's statistics (Adam, lr 1e-3, 2 passes over the target images, in batches of
-    ``batch_size``); the layers then keep the target images' statistics for
-    prediction. ``history_`` records ``target_entropy`` for each pass (stage
-    ``"tent"``). Like AdaBN, it needs BatchNorm layers and shares no activations
-    through ``memory``.""",
+    BatchNorm affine parameters while each BatchNorm layer normalises a target batch by
+    its own statistics (Adam, lr 1e-3, one pass over the target images in batches of
+    ``batch_size``, as the paper's online setting); the layers then keep AdaBN's
+    statistics for prediction. ``history_`` records ``target_entropy`` for the pass
+    (stage ``"tent"``). Like AdaBN, it needs BatchNorm layers and shares no
+    activations through ``memory``.""",
     "adaptation_weight": """\
 adaptation_weight : float, default=1.0
     Weight of the ``"coral"``, ``"mmd"`` or ``"dann"`` loss against the task loss

@@ -15,6 +15,8 @@ With statistics that matched the source, this is Li et al.'s AdaBN.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -64,22 +66,45 @@ def adapt_batchnorm(backbone, source, target, transform, **run) -> None:
     """
     layers = batchnorm_layers(backbone)
     backbone.eval()
-    source_moments = _input_moments(backbone, layers, source, transform, run)
-    target_moments = _input_moments(backbone, layers, target, transform, run, source_moments)
+    source_moments = input_moments(backbone, layers, source, transform, run)
+    target_moments = input_moments(backbone, layers, target, transform, run, source_moments)
     with torch.no_grad():
         for layer, s, t in zip(layers, source_moments, target_moments, strict=True):
             _renormalise(layer, s, t)
 
 
-def _input_moments(backbone, layers, images, transform, run, standardise_to=None):
+def input_moments(backbone, layers, images, transform, run, standardise_to=None):
     """The moments of each layer's inputs over ``images``; with ``standardise_to``, each
     batch's inputs are first moved to those moments (the target pass)."""
     moments = [Moments() for _ in layers]
+    with standardising(layers, standardise_to, record=moments):
+        run_batches(
+            lambda x: backbone(x)[:, :0],  # only the statistics matter: keep no output
+            images,
+            transform,
+            precision="float32",
+            channels_last=_backbone.prefers_channels_last(backbone),
+            **run,
+        )
+    return moments
+
+
+@contextlib.contextmanager
+def standardising(layers, references, record=None):
+    """Within the block, each layer's input batch is first standardised with its own
+    per-channel moments and moved to those of its reference (``references``: one
+    :class:`Moments` per layer, or None to leave inputs as they are): a target batch
+    then reaches each layer as the source's activations did, and the layer normalises
+    it as the model trained. ``record``: one :class:`Moments` per layer that sees each
+    input first. Gradients flow through the move."""
+    references = references or [None] * len(layers)
+    record = record or [None] * len(layers)
 
     def hook(layer, seen, reference):
-        def record(module, args):
+        def move(module, args):
             x = args[0]
-            seen.add(x)
+            if seen is not None:
+                seen.add(x)
             if reference is None:
                 return None
             dims = [d for d in range(x.ndim) if d != 1]
@@ -89,26 +114,17 @@ def _input_moments(backbone, layers, images, transform, run, standardise_to=None
             to_std = (reference.var.to(x.dtype) + layer.eps).sqrt().view(shape)
             return ((x - mean) / (var + layer.eps).sqrt() * to_std + to_mean,)
 
-        return record
+        return move
 
-    references = standardise_to or [None] * len(layers)
     handles = [
         layer.register_forward_pre_hook(hook(layer, seen, reference))
-        for layer, seen, reference in zip(layers, moments, references, strict=True)
+        for layer, seen, reference in zip(layers, record, references, strict=True)
     ]
     try:
-        run_batches(
-            lambda x: backbone(x)[:, :0],  # only the statistics matter: keep no output
-            images,
-            transform,
-            precision="float32",
-            channels_last=_backbone.prefers_channels_last(backbone),
-            **run,
-        )
+        yield
     finally:
         for handle in handles:
             handle.remove()
-    return moments
 
 
 def _renormalise(layer, source: Moments, target: Moments) -> None:
@@ -121,23 +137,3 @@ def _renormalise(layer, source: Moments, target: Moments) -> None:
     new_var = ((var + eps) * ratio**2 - eps).clamp(min=0.0)
     layer.running_mean.copy_(new_mean.to(layer.running_mean.dtype))
     layer.running_var.copy_(new_var.to(layer.running_var.dtype))
-
-
-def recompute_statistics(backbone: nn.Module, forward_all) -> None:
-    """Set every BatchNorm layer's running statistics to the average of the batch
-    statistics that ``forward_all()`` (a pass over some images) meets, the rest of the
-    model in eval mode and nothing learning."""
-    layers = batchnorm_layers(backbone)
-    momenta = [layer.momentum for layer in layers]
-    backbone.eval()
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None  # a cumulative average over the batches
-        layer.train()
-    try:
-        with torch.no_grad():
-            forward_all()
-    finally:
-        for layer, momentum in zip(layers, momenta, strict=True):
-            layer.momentum = momentum
-        backbone.eval()
