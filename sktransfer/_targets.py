@@ -110,7 +110,7 @@ def _single_task_targets(y, label_smoothing) -> Targets:
         return Targets(
             y_enc,
             y_enc.shape[1],
-            Multilabel(),
+            Multilabel(label_smoothing),
             attributes={"classes_": classes, "multilabel_": True, "multitask_": False},
         )
     return Targets(

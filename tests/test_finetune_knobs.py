@@ -166,14 +166,23 @@ def _two_classes(n=8):
 
 
 class TestMixing:
+    def test_mixup_smooths_multilabel_targets(self, colours):
+        """timm's Mixup smooths 0/1 label columns too: label_smoothing reaches it."""
+        X, y = colours
+        labels = np.column_stack([y == 0, y != 1]).astype(int)
+        probas = [
+            tiny(mixup=0.4, label_smoothing=s, lr=0.05).fit(X, labels).predict_proba(X)
+            for s in (0, 0.4)
+        ]
+        assert not np.allclose(*probas, atol=1e-4)
+
     def test_random_state_fixes_the_mixing(self, colours):
         """timm's Mixup draws from numpy's global generator: fit seeds it, and gives
         the caller's state back."""
         X, y = colours
         state = np.random.get_state()  # noqa: NPY002
         probas = [
-            tiny(mixup=0.4, cutmix=1.0, random_state=3).fit(X, y).predict_proba(X)
-            for _ in range(2)
+            tiny(mixup=0.4, cutmix=1.0, random_state=3).fit(X, y).predict_proba(X) for _ in range(2)
         ]
         np.testing.assert_array_equal(*probas)
         assert np.random.get_state()[1].tolist() == state[1].tolist()  # noqa: NPY002

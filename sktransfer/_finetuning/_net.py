@@ -108,7 +108,7 @@ def _mixer(plan, split, n_outputs):
     return _backbone.batch_mixer(
         reg.mixup,
         cutmix,
-        label_smoothing=getattr(plan.objective, "label_smoothing", 0.0),
+        label_smoothing=plan.objective.label_smoothing,
         n_classes=n_outputs,
         multilabel=plan.objective.multilabel,
     )

@@ -22,6 +22,10 @@ class Objective(ABC):
 
     target_dtype: torch.dtype = torch.float32
     multilabel: bool = False  # several 0/1 labels per image (how timm's Mixup mixes them)
+    label_smoothing: float = 0.0  # of the targets, by the loss or by timm's Mixup
+    # ``entropy(logits)``: each image's entropy of its predicted distribution (what
+    # test-time adaptation minimises); None for targets without one (real values).
+    entropy: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @abstractmethod
     def criterion(self, mixing: bool) -> nn.Module:
@@ -31,11 +35,6 @@ class Objective(ABC):
     def hits(self) -> Callable | None:
         """Scores each image's prediction for the accuracy columns of ``history_``
         (``hits(y_pred, y)``: 1 per right image); None records no accuracy."""
-        return None
-
-    def entropy(self, logits: torch.Tensor) -> torch.Tensor | None:
-        """The entropy of each image's predicted distribution (what test-time
-        adaptation minimises); None for targets without one (real values)."""
         return None
 
     def check(self, *, mixing: bool = False, class_weighted: bool = False) -> None:  # noqa: B027
@@ -53,9 +52,9 @@ class CrossEntropy(Objective):
     target_dtype = torch.long
 
     def criterion(self, mixing):
-        weight = None if self.class_weight is None else torch.tensor(self.class_weight)
+        weight = self.class_weight
         return nn.CrossEntropyLoss(
-            weight=None if weight is None else weight.float(),
+            weight=None if weight is None else torch.tensor(weight, dtype=torch.float32),
             label_smoothing=0.0 if mixing else self.label_smoothing,  # Mixup smooths
             reduction="none",
         )
@@ -69,7 +68,10 @@ class CrossEntropy(Objective):
 
 @dataclass(frozen=True)
 class Multilabel(Objective):
-    """A 0/1 indicator matrix: one sigmoid per label."""
+    """A 0/1 indicator matrix: one sigmoid per label (``label_smoothing`` applies only
+    where timm's Mixup mixes the targets)."""
+
+    label_smoothing: float = 0.0
 
     multilabel = True
 
