@@ -167,8 +167,9 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
         self._check_combinations(targets, weights)
         device = resolve_device(self.device)
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+        adaptation = adaptation_for(self.domain_adaptation, self.adaptation_weight)
         with _seeded(seed, device):
-            backbone, identity = self._start_backbone(targets.n_outputs, seed)
+            backbone, identity = self._start_backbone(targets.n_outputs, seed, adaptation)
             backbone.to(device)
             groups = _backbone.block_groups(backbone)
             frozen_groups = self._resolve_freeze_depth(len(groups))
@@ -179,7 +180,9 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
             data = TrainingData(
                 source, targets.y, train_idx, valid_idx, cfg, targets.n_outputs, weights, target
             )
-            plan = self._plan(backbone, groups, frozen_groups, device, targets, data, identity)
+            plan = self._plan(
+                backbone, groups, frozen_groups, device, targets, data, identity, adaptation
+            )
             result = train(plan, backbone, data)
         for warning in result.warnings:
             warnings.warn(warning, stacklevel=2)
@@ -193,7 +196,7 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
             "data_config_": cfg,
             "cached_activations_": result.cached,
             "cache_identity_": identity,
-            "batchnorm_adapted_": plan.adaptation is not None and plan.adaptation.adapts_batchnorm,
+            "batchnorm_adapted_": adaptation is not None and adaptation.adapts_batchnorm,
         }
         swap_in(self, fitted)  # the previous model works until this fit has succeeded
         return self
@@ -220,9 +223,9 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
         weights = None if weights is None else weights[source_rows]
         return source.subset(source_rows), take_rows(y, source_rows), weights, target
 
-    def _start_backbone(self, n_outputs: int, seed: int):
+    def _start_backbone(self, n_outputs: int, seed: int, adaptation):
         """The starting backbone with a new head of ``n_outputs``, and what names its
-        weights in the cache."""
+        weights in the cache (given the fit's ``adaptation`` strategy)."""
         backbone = _backbone.create_backbone(
             self.model,
             self._starting_weights(),
@@ -230,7 +233,7 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
             drop_rate=self.drop_rate,
             seed=seed,
         )
-        identity = self._cache_identity(backbone)
+        identity = self._cache_identity(backbone, adaptation)
         _backbone.reset_head(backbone, n_outputs)
         return backbone, identity
 
@@ -276,7 +279,7 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
         _backbone.save_state(self.backbone_, path)
         return path
 
-    def _plan(self, backbone, groups, frozen_groups, device, targets, data, identity):
+    def _plan(self, backbone, groups, frozen_groups, device, targets, data, identity, adaptation):
         """The training plan: stages, learning rates and every knob, as plain values."""
         precision = resolve_precision(self.precision, device)
         return TrainingPlan(
@@ -303,7 +306,7 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
                 identity,
                 parse_bytes(self.activation_budget, "activation_budget"),
             ),
-            adaptation=adaptation_for(self.domain_adaptation, self.adaptation_weight),
+            adaptation=adaptation,
         )
 
     def _stages(self, backbone, groups, frozen_groups) -> tuple[Stage, ...]:
@@ -321,11 +324,10 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
             Stage("finetune", (*lr_groups, head_only), self.max_epochs),
         )
 
-    def _cache_identity(self, backbone) -> dict:
+    def _cache_identity(self, backbone, adaptation) -> dict:
         """What names the pretrained backbone in the cache (hashing weights costs a
         pass over them, so only with a cache). A method that adapts BatchNorm layers
         changes the frozen layers, so its fits share no rows."""
-        adaptation = adaptation_for(self.domain_adaptation)
         if self.memory is None or (adaptation is not None and adaptation.adapts_batchnorm):
             return {}
         return {
