@@ -46,13 +46,10 @@ def patched_classifier(head_lr_mult: float):
         return FineTunedClassifier
 
     class HeadLrClassifier(FineTunedClassifier):
-        def _plan(self, *args, **kwargs):
-            plan = super()._plan(*args, **kwargs)
-            head, *rest = plan.stages
+        def _stages(self, *args, **kwargs):
+            head, *rest = super()._stages(*args, **kwargs)
             groups = tuple((names, lr * head_lr_mult) for names, lr in head.lr_groups)
-            return dataclasses.replace(
-                plan, stages=(dataclasses.replace(head, lr_groups=groups), *rest)
-            )
+            return (dataclasses.replace(head, lr_groups=groups), *rest)
 
     return HeadLrClassifier
 
