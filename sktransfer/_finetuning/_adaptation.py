@@ -27,7 +27,7 @@ from ._alignment import (
     skada_distance,
 )
 from ._batchnorm import adapt_batchnorm, batchnorm_layers, input_moments, standardising
-from ._datasets import ImageDataset, InputsOnly
+from ._datasets import unlabelled_images
 from ._net import StageExtras
 
 
@@ -54,6 +54,16 @@ class Adaptation:
         return []
 
 
+def _batches(plan) -> dict:
+    """The batch options of a pass over images (``run_batches``), from ``plan``."""
+    runtime = plan.runtime
+    return dict(
+        batch_size=plan.schedule.batch_size,
+        device=runtime.device,
+        num_workers=runtime.num_workers,
+    )
+
+
 def _require_batchnorm(name: str, backbone: nn.Module) -> None:
     if not batchnorm_layers(backbone):
         raise ValueError(
@@ -74,16 +84,7 @@ class AdaBN(Adaptation):
         _require_batchnorm(self.name, backbone)
 
     def after_training(self, backbone, data, plan, transform):
-        runtime = plan.runtime
-        adapt_batchnorm(
-            backbone,
-            data.source,
-            data.target,
-            transform,
-            batch_size=plan.schedule.batch_size,
-            device=runtime.device,
-            num_workers=runtime.num_workers,
-        )
+        adapt_batchnorm(backbone, data.source, data.target, transform, **_batches(plan))
         return []
 
 
@@ -112,12 +113,7 @@ class Tent(Adaptation):
             )
 
     def after_training(self, backbone, data, plan, transform):
-        runtime = plan.runtime
-        run = dict(
-            batch_size=plan.schedule.batch_size,
-            device=runtime.device,
-            num_workers=runtime.num_workers,
-        )
+        run = _batches(plan)
         layers = batchnorm_layers(backbone)
         source = input_moments(backbone, layers, data.source, transform, run)
         affine = [p for layer in layers for p in (layer.weight, layer.bias) if p is not None]
@@ -137,7 +133,7 @@ class Tent(Adaptation):
     def _minimise_entropy(self, backbone, affine, target, plan, transform):
         runtime, batch_size = plan.runtime, plan.schedule.batch_size
         loader = torch.utils.data.DataLoader(
-            InputsOnly(ImageDataset(target, transform, torch.zeros(len(target)))),
+            unlabelled_images(target, transform),
             batch_size=batch_size,
             shuffle=True,
             drop_last=len(target) % batch_size == 1,  # a batch of one has no statistics

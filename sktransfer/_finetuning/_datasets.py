@@ -62,6 +62,11 @@ class InputsOnly(torch.utils.data.Dataset):
         return self.dataset[i][0]
 
 
+def unlabelled_images(source: ImageSource, transform: Callable) -> InputsOnly:
+    """The images of ``source`` through ``transform``, as inputs without targets."""
+    return InputsOnly(ImageDataset(source, transform, torch.zeros(len(source))))
+
+
 def training_transform(cfg: dict, augment, preprocess: Callable) -> Callable:
     """The preprocessing of training images: ``preprocess`` (the model's), after the
     augmentation (None, a preset name of timm's policies or a PIL callable)."""

@@ -9,7 +9,13 @@ import torch
 from .. import _backbone
 from .._inference import frozen_bottom, pooled_of_rows
 from .._rows import BudgetAllocator, cached_rows, frozen_namespace
-from ._datasets import ArrayDataset, ImageDataset, InputsOnly, training_transform
+from ._datasets import (
+    ArrayDataset,
+    ImageDataset,
+    InputsOnly,
+    training_transform,
+    unlabelled_images,
+)
 
 
 class StageInputs:
@@ -46,9 +52,7 @@ class StageInputs:
         the training transform (augmentation included)."""
         if self.cached:
             return self._arrays["target"]
-        target = self.data.target
-        transform = self._training_transform()
-        return InputsOnly(ImageDataset(target, transform, torch.zeros(len(target))))
+        return unlabelled_images(self.data.target, self._training_transform())
 
     # ------------------------------------------------------------------ frozen rows
 
