@@ -20,8 +20,15 @@ bucket holds few shards: once a size tier of a bucket (shards of 1-3 rows, 4-15,
 so a row is rewritten about log4(rows per bucket) times, big shards rarely). Rows are
 stored as each batch finishes, so an error or Ctrl-C loses at most the batch in flight.
 Every file is written to a temporary name and renamed into place (``os.replace``), under
-a lock that parallel workers (cross-validation, grid searches) share; they look up again
-under the lock, so no row is computed twice.
+a lock that parallel workers (cross-validation, grid searches, Dask) share, held for the
+write only. A worker claims the rows it computes and waits only for rows that another
+worker is computing, then reads them (:mod:`._locks`): no row is computed twice, and no
+worker waits for rows it does not need.
+
+Who creates the folder. ``fit`` may create the ``memory`` folder; prediction never does:
+it uses the cache only where the folder exists (:func:`existing_memory`), so a model
+loaded elsewhere writes nothing there. A path that names a file (or lies inside one) is
+refused: the cache needs a folder.
 
 Trust model. A key says which image a row belongs to: for in-memory images a hash of
 their pixels (with dtype, shape, layout and pixel scale); for files, by default, their
@@ -58,10 +65,8 @@ from pathlib import Path
 
 import numpy as np
 
-try:
-    import fcntl
-except ImportError:  # no POSIX locks (Windows): parallel workers may duplicate work
-    fcntl = None
+from . import _locks
+from ._params import InvalidParameterError
 
 SHARD_SUFFIX = ".npz"
 DAMAGED_SUFFIX = ".damaged"
@@ -140,21 +145,24 @@ class EmbeddingCache:
         return found
 
     def _lookup_bucket(self, bucket: int, digests: dict, read: set) -> dict[bytes, np.ndarray]:
-        found = {}
-        for path in self._shards(bucket):
-            if path in read:
-                continue
-            read.add(path)
-            try:
-                _, hits = read_shard(path, bucket, wanted=set(digests) - set(found))
-            except FileNotFoundError:  # merged away by another worker since the listing
-                continue
-            except DamagedShard as exc:
-                self._set_aside(path, exc)
-                continue
-            found.update(hits)
-            if len(found) == len(digests):
-                break
+        found, listing = {}, True
+        while listing:  # again when a shard went: merged, since the listing, into a new one
+            listing = False
+            for path in self._shards(bucket):
+                if path in read:
+                    continue
+                read.add(path)
+                try:
+                    _, hits = read_shard(path, bucket, wanted=set(digests) - set(found))
+                except FileNotFoundError:
+                    listing = True
+                    continue
+                except DamagedShard as exc:
+                    self._set_aside(path, exc)
+                    continue
+                found.update(hits)
+                if len(found) == len(digests):
+                    return found
         return found
 
     def _shards(self, bucket: int) -> list[str]:
@@ -193,8 +201,8 @@ class EmbeddingCache:
     # ------------------------------------------------------------------ writing
 
     def store(self, keys: list[bytes], rows: np.ndarray) -> None:
-        """Store ``rows`` (one per key) under the lock; nothing when disabled or the
-        folder is read-only."""
+        """Store ``rows`` (one per key), holding the folder's lock while it writes;
+        nothing when disabled or the folder is read-only."""
         if self.enabled and len(keys):
             with self._lock(len(keys)):
                 self._store(keys, rows)
@@ -301,9 +309,11 @@ class EmbeddingCache:
         ``positions``), or returns rows it did not report, which are stored then.
 
         Rows are stored as each batch finishes, so an exception keeps those computed
-        before it. Parallel workers
-        sharing the folder take a lock while they compute, and look up again under it,
-        so no row is computed twice across a grid search.
+        before it. Workers sharing the folder claim the rows they compute: this call
+        computes the missing rows that no other worker is computing, then waits for the
+        others to store theirs and reads them, so no row is computed twice and no lock is
+        held while computing. (So ``compute`` must not itself wait for rows of this
+        cache that another worker computes: two such workers would wait for each other.)
         """
         read = set()
         found = self.lookup(keys, read)
@@ -312,64 +322,138 @@ class EmbeddingCache:
             return _assemble(keys, found, allocate)
         if not self.enabled or not keys:
             return compute(np.arange(len(keys)), allocate, None)
-        with self._lock(len(missing)) as locked:
-            if locked:  # other workers may have stored rows meanwhile: read their shards
-                found.update(self.lookup([keys[i] for i in missing], read))
-                missing = _first_positions(keys, found)
-            if missing:
-                new_keys = [keys[i] for i in missing]
-                rows = self._compute_and_store(compute, missing, new_keys, allocate)
-                if len(missing) == len(keys):
-                    return rows  # computed in order, in the caller's array: no copy
-                found.update(zip(new_keys, rows, strict=True))
+        while missing:
+            with self._claim(keys, missing) as (mine, busy):
+                # a worker that stored some of them since the lookup has dropped its claim
+                found.update(self.lookup([keys[i] for i in mine], read))
+                mine = [i for i in mine if keys[i] not in found]
+                if mine:
+                    rows = self._compute_and_store(compute, mine, keys, allocate)
+                    if len(mine) == len(keys):
+                        return rows  # computed in order, in the caller's array: no copy
+                    found.update(zip([keys[i] for i in mine], rows, strict=True))
+            _locks.wait_for(set(busy.values()))
+            found.update(self.lookup([keys[i] for i in busy], read))
+            missing = [i for i in busy if keys[i] not in found]  # their worker failed
         return _assemble(keys, found, allocate)
 
-    def _compute_and_store(self, compute, missing, new_keys, allocate) -> np.ndarray:
+    def _compute_and_store(self, compute, positions, keys, allocate) -> np.ndarray:
+        new_keys = [keys[i] for i in positions]
         stored = np.zeros(len(new_keys), dtype=bool)
 
         def on_rows(index, batch):
-            self._store([new_keys[i] for i in index], batch)
+            self.store([new_keys[i] for i in index], batch)
             stored[index] = True
 
-        rows = compute(np.array(missing, dtype=np.int64), allocate, on_rows)
+        rows = compute(np.array(positions, dtype=np.int64), allocate, on_rows)
         rest = np.flatnonzero(~stored)  # rows that no batch loop reported
         if len(rest):
-            self._store([new_keys[i] for i in rest], rows[rest])
+            self.store([new_keys[i] for i in rest], rows[rest])
         return rows
 
     @contextlib.contextmanager
+    def _claim(self, keys, positions: list[int]):
+        """Claim the rows of ``keys`` at ``positions`` that no other worker is computing,
+        until the block ends; yields ``(mine, busy)``: the positions claimed, and a dict
+        from the others' positions to the claim file of the worker computing each. Where
+        nothing can be claimed (a read-only folder, no POSIX locks), every position is
+        ``mine``."""
+        digests = {i: key_digest(keys[i]) for i in positions}
+        claim, busy = None, {}
+        with self._lock(len(positions)) as locked:
+            if locked:
+                claimed = _locks.claimed_rows(self.folder / "claims")
+                busy = {i: claimed[d] for i, d in digests.items() if d in claimed}
+                free = [d for i, d in digests.items() if i not in busy]
+                try:
+                    claim = _locks.Claim(self.folder / "claims", free) if free else None
+                except OSError as exc:
+                    self._read_only(exc, len(free))
+        try:
+            yield [i for i in positions if i not in busy], busy
+        finally:
+            if claim is not None:
+                claim.drop()
+
+    @contextlib.contextmanager
     def _lock(self, n_rows: int):
-        """Hold the folder's lock to store ``n_rows`` rows; yields False (no lock) where
-        none can be taken: a read-only folder, or no POSIX locks."""
-        handle = None
-        if fcntl is not None and self._can_write(n_rows):
-            try:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                handle = open(self.folder / ".lock", "a")  # noqa: SIM115 (closed below)
-            except OSError as exc:
-                self._read_only(exc, n_rows)
-        if handle is None:
-            yield False
-            return
-        with handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield True
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        """Hold the folder's lock (to write ``n_rows`` rows, or claim them); yields False
+        (no lock) where none can be taken: a read-only folder, or no POSIX locks."""
+        locked = _locks.can_lock() and self._can_write(n_rows)
+        with contextlib.ExitStack() as held:
+            if locked:
+                try:
+                    self.folder.mkdir(parents=True, exist_ok=True)
+                    held.enter_context(_locks.folder_lock(self.folder / ".lock"))
+                except OSError as exc:
+                    self._read_only(exc, n_rows)
+                    locked = False
+            yield locked
 
 
 def memory_location(memory) -> str | None:
     """The folder of ``memory`` (a path, or a ``joblib.Memory`` whose location is used),
-    or None. Unlike ``check_memory``, creates nothing (the folder may be read-only)."""
+    or None. Unlike ``check_memory``, creates nothing (the folder may be read-only).
+
+    Raises :class:`InvalidParameterError` for a path that names a file, or lies inside
+    one: the cache needs a folder.
+    """
     if memory is None or isinstance(memory, str | os.PathLike):
-        return None if memory is None else _local_folder(os.fspath(memory))
-    if hasattr(memory, "cache"):
+        location = None if memory is None else _local_folder(os.fspath(memory))
+    elif hasattr(memory, "cache"):
         location = getattr(memory, "location", None)
-        return None if location is None else os.fspath(location)
-    raise ValueError(
-        f"memory={memory!r} is not valid: expected None, a folder (str or path-like) or a "
-        "joblib.Memory."
+        location = None if location is None else os.fspath(location)
+    else:
+        raise ValueError(
+            f"memory={memory!r} is not valid: expected None, a folder (str or path-like) "
+            "or a joblib.Memory."
+        )
+    if location is not None:
+        _check_not_a_file(location)
+    return location
+
+
+def existing_memory(memory):
+    """``memory`` where its folder exists, else None: the cache that prediction uses.
+    Prediction never creates a cache folder (``fit`` does), so that a model loaded
+    elsewhere, with a path that means another folder there, writes nothing."""
+    location = memory_location(memory)
+    return memory if location is not None and os.path.isdir(location) else None
+
+
+def create_folder(memory) -> None:
+    """Create the folder of ``memory`` (``fit`` does, for prediction to use it); one
+    :class:`CacheReadOnlyWarning` where it cannot be created."""
+    location = memory_location(memory)
+    if location is None or os.path.isdir(location):
+        return
+    try:
+        os.makedirs(location, exist_ok=True)
+    except OSError as exc:
+        _warn_once(
+            "read-only",
+            location,
+            f"The embedding cache folder {location!r} cannot be created ({exc}): rows are "
+            "computed, not cached. Make its parent folder writable, or pass another "
+            "memory= folder, to cache them.",
+            CacheReadOnlyWarning,
+        )
+
+
+def _check_not_a_file(location: str) -> None:
+    """Raise if ``location``, or the nearest of its parents that exists, is no folder."""
+    given = Path(location).absolute()
+    existing = given
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir():
+        return
+    where = f"memory={location!r}" + ("" if str(given) == location else f" ({str(given)!r})")
+    what = "names a file" if existing == given else f"lies inside the file {str(existing)!r}"
+    raise InvalidParameterError(
+        f"{where} {what}, not a folder: the embedding cache keeps its rows in a folder. "
+        "Pass the path of a folder (one that exists, or one that can be created), or "
+        "memory=None to cache nothing."
     )
 
 

@@ -256,9 +256,12 @@ class _RunsOnLoad:
 
 def _with_memory(fitted, memory) -> PretrainedFeatureExtractor:
     """A copy of the shared fitted extractor with ``memory`` set (memory is read by
-    ``transform`` only, so no refit)."""
+    ``transform`` only, so no refit); its folder is created, as ``fit`` would (prediction
+    uses only a cache folder that exists)."""
     extractor = PretrainedFeatureExtractor.__new__(PretrainedFeatureExtractor)
     extractor.__dict__.update(fitted.__dict__)
+    if isinstance(memory, str | os.PathLike) and "://" not in os.fspath(memory):
+        Path(memory).mkdir(parents=True, exist_ok=True)
     return extractor.set_params(memory=memory)
 
 
@@ -294,7 +297,7 @@ class TestLookupCost:
         np.testing.assert_array_equal(np.stack([found[k] for k in keys]), rows)
         assert count_rows(cache.folder) == len(keys)
 
-    def test_rows_asked_again_under_the_lock_read_only_new_shards(self, tmp_path, opened):
+    def test_rows_asked_again_once_claimed_read_only_new_shards(self, tmp_path, opened):
         stored, asked = keys_in_bucket(5, 2)
         EmbeddingCache(tmp_path, NAMESPACE).store([stored], rows_for([stored]))
         (shard,) = cache_files(tmp_path)
@@ -302,7 +305,7 @@ class TestLookupCost:
         table = {asked: rows_for([asked])[0]}
         EmbeddingCache(tmp_path, NAMESPACE).rows([asked], Computed(table)([asked]))
         reads = [p for p in opened if tmp_path in p.parents and p.suffix not in (".tmp", "")]
-        assert reads == [shard]  # once, not again under the lock
+        assert reads == [shard]  # once, not again once the row is claimed
 
 
 # ---------------------------------------------------------------------- progress
