@@ -33,7 +33,7 @@ from numbers import Integral
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
-from ._images import FileSource
+from ._images import FileSource, check_not_single
 
 CHUNK_SIZE = 256
 _PROBE = np.zeros((1, 32, 32, 3), dtype=np.uint8)
@@ -49,8 +49,9 @@ def dask_transform(estimator, X, *, method="transform", chunk_size=CHUNK_SIZE):
         that starts with one. Sent to each worker once.
     X : list, ndarray, pandas or dask collection of file paths
         A 1-D dask array, a dask (or pandas) Series or one-column DataFrame of paths, or
-        any sequence of them. The paths are gathered on the client to be deduplicated;
-        the files are read on the workers only, so they need not exist on the client.
+        any sequence of them (a single path raises: wrap it in a list). The paths are
+        gathered on the client to be deduplicated; the files are read on the workers
+        only, so they need not exist on the client.
     method : str, default="transform"
         The method to apply: ``"transform"``, ``"predict"``, ``"predict_proba"``, ...
     chunk_size : int, default=256
@@ -58,10 +59,14 @@ def dask_transform(estimator, X, *, method="transform", chunk_size=CHUNK_SIZE):
 
     Returns
     -------
-    result : dask.array.Array
+    result : dask.array.Array or list of dask.array.Array
         One row per path of ``X``, in order, computed when asked (``.compute()``,
         ``.to_zarr(...)``, ``dask.array.store``). Without a distributed client it
-        runs on Dask's local scheduler.
+        runs on Dask's local scheduler. Where the eager method returns a list of arrays
+        (``predict_proba`` of a classifier with several label columns: one array per
+        column), a list of dask arrays, one per element, each with one row per path;
+        compute them together (``dask.compute(*result)``) so that each partition runs
+        once for all of them.
 
     Examples
     --------
@@ -80,7 +85,7 @@ def dask_transform(estimator, X, *, method="transform", chunk_size=CHUNK_SIZE):
     >>> np.allclose(embeddings.compute(), extractor.transform(paths + paths[:1]), atol=1e-6)
     True
     """
-    da = _dask_array()
+    _dask_array()  # without dask, say so before any work
     check_is_fitted(estimator)
     if not hasattr(estimator, method):
         raise AttributeError(
@@ -92,25 +97,19 @@ def dask_transform(estimator, X, *, method="transform", chunk_size=CHUNK_SIZE):
     paths = paths_of(X)
     distinct, first, inverse = _deduplicate(paths)
     meta = output_meta(estimator, method)
-    chunks = (tuple(_chunk_sizes(len(distinct), int(chunk_size))),)
-    result = da.map_blocks(
-        _apply_block,
-        da.from_array(distinct, chunks=chunks),
-        da.from_array(first, chunks=chunks),
-        model=_shipped(estimator),
-        method=method,
-        dtype=meta.dtype,
-        chunks=chunks + tuple((n,) for n in meta.shape[1:]),
-        new_axis=list(range(1, meta.ndim)) or None,
-        meta=meta,
-    )
-    if len(distinct) == len(paths):
-        return result
-    return result[inverse].rechunk({0: int(chunk_size)})
+    sizes, model = _chunk_sizes(len(distinct), int(chunk_size)), _shipped(estimator)
+    if isinstance(meta, list):  # one lazy array per element of the list
+        parts = _lazy_parts(distinct, first, sizes, model, method, meta)
+    else:
+        parts = [_lazy_array(distinct, first, sizes, model, method, meta)]
+    if len(distinct) != len(paths):
+        parts = [part[inverse].rechunk({0: int(chunk_size)}) for part in parts]
+    return parts if isinstance(meta, list) else parts[0]
 
 
 def paths_of(X) -> np.ndarray:
     """The paths of ``X`` as a 1-D object array of str (dask collections computed)."""
+    check_not_single(X)  # a string would be taken as its characters
     if hasattr(X, "__dask_graph__"):
         X = X.compute()
     if hasattr(X, "columns"):  # a one-column DataFrame
@@ -135,14 +134,21 @@ def paths_of(X) -> np.ndarray:
     return np.array([os.fspath(p) for p in values], dtype=object)
 
 
-def output_meta(estimator, method: str) -> np.ndarray:
+def output_meta(estimator, method: str) -> np.ndarray | list[np.ndarray]:
     """An empty array of the shape (past the first axis) and dtype that ``method``
-    gives, from a run on one blank image by a copy of ``estimator`` without its cache
-    (the client may not see the cache folder, and the blank image is not worth a row)."""
+    gives, or a list of them where it gives a list of arrays (one per label column),
+    from a run on one blank image by a copy of ``estimator`` without its cache (the
+    client may not see the cache folder, and the blank image is not worth a row)."""
     probe = copy.deepcopy(estimator)
     caches = [k for k in probe.get_params(deep=True) if k.rsplit("__", 1)[-1] == "memory"]
     probe.set_params(**dict.fromkeys(caches))
-    out = np.asarray(getattr(probe, method)(_PROBE))
+    out = getattr(probe, method)(_PROBE)
+    if isinstance(out, list | tuple):
+        return [_empty_like_rows(np.asarray(part)) for part in out]
+    return _empty_like_rows(np.asarray(out))
+
+
+def _empty_like_rows(out: np.ndarray) -> np.ndarray:
     return np.empty((0, *out.shape[1:]), dtype=out.dtype)
 
 
@@ -187,6 +193,23 @@ def connect(address: str, timeout: float = 10.0):
 def _apply_block(paths: np.ndarray, numbers: np.ndarray, *, model, method: str):
     """``method`` of ``model`` on the files ``paths`` (``numbers``: their indices in the
     user's input, for messages). Runs on a worker."""
+    return np.asarray(_run(paths, numbers, model, method))
+
+
+def _apply_block_parts(paths: np.ndarray, numbers: np.ndarray, *, model, method: str):
+    """:func:`_apply_block` for a method that gives a list of arrays: a tuple of them,
+    each checked to hold one row per image."""
+    parts = tuple(np.asarray(part) for part in _run(paths, numbers, model, method))
+    for t, part in enumerate(parts):
+        if part.ndim == 0 or len(part) != len(paths):
+            raise ValueError(
+                f"{type(model).__name__}.{method} gave {part.shape} for element {t} of its "
+                f"list on {len(paths)} images: dask_transform needs one row per image."
+            )
+    return parts
+
+
+def _run(paths: np.ndarray, numbers: np.ndarray, model, method: str):
     source = FileSource(list(paths), numbers=numbers)
     try:
         source.check_exist()
@@ -195,7 +218,7 @@ def _apply_block(paths: np.ndarray, numbers: np.ndarray, *, model, method: str):
             f"{exc} (on Dask worker {_worker_address()}). Every worker reads the images at "
             "the paths given: put them on storage that all workers mount at the same path."
         ) from exc
-    return np.asarray(getattr(model, method)(source))
+    return getattr(model, method)(source)
 
 
 def _worker_address() -> str:
@@ -218,6 +241,41 @@ def _deduplicate(paths: np.ndarray):
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     return paths[first[order]], first[order], rank[inverse.ravel()]
+
+
+def _lazy_array(distinct, first, sizes, model, method: str, meta: np.ndarray):
+    """What ``method`` gives for the ``distinct`` paths, partition by partition."""
+    da = _dask_array()
+    chunks = (tuple(sizes),)
+    return da.map_blocks(
+        _apply_block,
+        da.from_array(distinct, chunks=chunks),
+        da.from_array(first, chunks=chunks),
+        model=model,
+        method=method,
+        dtype=meta.dtype,
+        chunks=chunks + tuple((n,) for n in meta.shape[1:]),
+        new_axis=list(range(1, meta.ndim)) or None,
+        meta=meta,
+    )
+
+
+def _lazy_parts(distinct, first, sizes, model, method: str, metas: list[np.ndarray]):
+    """One lazy array per element of the list that ``method`` gives: each partition
+    runs once, and each array takes its element (rows in order, own shape and dtype)."""
+    import dask
+
+    da = _dask_array()
+    apply = dask.delayed(_apply_block_parts, nout=len(metas))
+    columns, start = [[] for _ in metas], 0
+    for n in sizes:
+        block = apply(
+            distinct[start : start + n], first[start : start + n], model=model, method=method
+        )
+        for column, part, meta in zip(columns, block, metas, strict=True):
+            column.append(da.from_delayed(part, (n, *meta.shape[1:]), meta=meta))
+        start += n
+    return [da.concatenate(column) for column in columns]
 
 
 def _chunk_sizes(n: int, chunk_size: int) -> list[int]:

@@ -15,13 +15,18 @@ Accepted inputs (shared by every estimator of sktransfer):
   binary file objects (anything with ``.read()``: ``io.BytesIO``, a web framework's
   upload). A file object is read from where it stands and put back there when it can seek.
 
-A list holds one kind of input only. Pixel scaling: integer arrays hold values in
-[0, 255]. Float arrays whose values all lie in [-0.01, 1.01] are [0, 1] images (the
-overshoot of resizing is clipped) and are scaled by 255; float arrays whose largest value
-is 2 or more are taken as already in [0, 255]. A largest float value between 1.01 and 2
-fits neither and raises. The rule is applied to the whole array (or to each image of a
-list), so a dark image never gets rescaled differently from a bright one. Anything else
-raises. Greyscale, palette, RGBA (alpha dropped) and every other mode become RGB.
+A list holds one kind of input only. Pixel scaling goes by type, never by the values of
+one image: uint8 arrays hold [0, 255]; 16-bit images hold [0, 65535] and are scaled by
+255 / 65535: uint16 arrays, PIL images of modes ``I;16*``, and files whose format stores
+16 bits (a 16-bit PNG, TIFF or PGM, whatever PIL's mode for it); other integer arrays,
+and PIL images of mode ``I`` that come from no 16-bit format, hold [0, 255] and raise
+beyond (their bit depth is not stated: pass 16-bit ones as uint16). Float arrays (and
+mode ``F`` images) whose values all lie in [-0.01, 1.01] are [0, 1] images (the overshoot
+of resizing is clipped) and are scaled by 255; float arrays whose largest value is 2 or
+more are taken as already in [0, 255]. A largest float value between 1.01 and 2 fits
+neither and raises. The rule is applied to the whole array (or to each image of a list),
+so a dark image never gets rescaled differently from a bright one. Anything else raises.
+Greyscale, palette, RGBA (alpha dropped) and every other mode become RGB.
 
 Files and encoded images are decoded only when their batch is needed. Cache keys: a hash
 of the pixels for in-memory images (the decoded RGB pixels for PIL images), a hash of the
@@ -47,7 +52,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ._pixels import image_layout, pixel_scale, stack_layout, to_pil
+from ._pixels import image_layout, is_sixteen_bit, pixel_scale, stack_layout, to_pil
 
 _KEYS = ("stat", "content")
 _READ_LOCK = threading.Lock()  # file objects are read (and sought back) one at a time
@@ -294,11 +299,7 @@ def as_images(X, key: str = "stat") -> ImageSource:
         if X.size == 0 or len(X) == 0:
             raise ValueError("Expected at least one image, got an empty array.")
         return ArraySource(X)
-    if isinstance(X, str | os.PathLike | Image.Image | bytes | bytearray) or _is_file(X):
-        raise TypeError(
-            f"Expected a collection of images, got a single {type(X).__name__}. "
-            "Wrap it in a list: [image]."
-        )
+    check_not_single(X)
     if isinstance(X, np.ndarray):
         X = _array_of_paths(X)
     if not isinstance(X, list | tuple):
@@ -318,6 +319,16 @@ def as_images(X, key: str = "stat") -> ImageSource:
     if kind in ("bytes", "file"):
         return EncodedSource(X, kind)
     return ListSource(X, kind)
+
+
+def check_not_single(X) -> None:
+    """Raise a TypeError if ``X`` is one image (a path, PIL image, encoded bytes or file
+    object) rather than a collection of them: a string would be taken as its characters."""
+    if isinstance(X, str | os.PathLike | Image.Image | bytes | bytearray) or _is_file(X):
+        raise TypeError(
+            f"Expected a collection of images, got a single {type(X).__name__}. "
+            "Wrap it in a list: [image]."
+        )
 
 
 _KIND_NAMES = {
@@ -393,14 +404,17 @@ def _unwrap_pandas(X):
 
 
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+# Formats that store at most 16 bits per sample: PIL opens some of their 16-bit greyscale
+# files in mode I (32-bit) rather than I;16 (PGM, and PNG in older Pillow releases), yet
+# they hold [0, 65535] all the same (PIL scales a PGM's maxval to 65535).
+_SIXTEEN_BIT_FORMATS = ("PNG", "PPM")
 
 
 def _pil_to_rgb(img: Image.Image, where: str) -> Image.Image:
     """RGB from any PIL mode. 16-bit, 32-bit and float images follow the array rule
     (PIL's own conversion would clip them to 255 silently)."""
     if img.mode in _HIGH_DEPTH_MODES:
-        pixels = np.asarray(img)
-        return to_pil(pixels, "hw", pixel_scale(pixels, where=where))
+        return _high_depth_to_rgb(_high_depth_pixels(img), img.mode, where)
     try:
         img.load()  # a lazily opened PIL image fails here, not inside the model's transform
         return img if img.mode == "RGB" else img.convert("RGB")
@@ -411,13 +425,33 @@ def _pil_to_rgb(img: Image.Image, where: str) -> Image.Image:
         ) from exc
 
 
+def _high_depth_pixels(img: Image.Image) -> np.ndarray:
+    """The pixels of a 16-bit, 32-bit or float image: uint16 when its mode, or for mode
+    ``I`` the format of the file it was read from, says 16 bits."""
+    pixels = np.asarray(img)
+    if img.mode == "I" and img.format in _SIXTEEN_BIT_FORMATS:
+        return pixels.astype(np.uint16)  # [0, 65535], as the format says
+    return pixels
+
+
+def _high_depth_to_rgb(pixels: np.ndarray, mode: str, where: str) -> Image.Image:
+    if not is_sixteen_bit(pixels.dtype) and pixels.dtype.kind in "iu":
+        where = f"{where} (mode {mode}: 32-bit integers of no stated bit depth)"
+    return to_pil(pixels, "hw", pixel_scale(pixels, where=where))
+
+
 def _decode(fp, where: str) -> Image.Image:
     """The RGB image of an open binary file; every error names ``where``."""
     try:
         with Image.open(fp) as img:
             img.load()
-            # high bit depths are checked by the array rule below, outside this try
-            decoded = img.copy() if img.mode in _HIGH_DEPTH_MODES else img.convert("RGB")
+            mode = img.mode
+            # high bit depths are read by mode and format (lost by a copy) here, scaled
+            # by the array rule below, outside this try
+            if mode in _HIGH_DEPTH_MODES:
+                decoded = _high_depth_pixels(img)
+            else:
+                decoded = img.convert("RGB")
     except Image.DecompressionBombError as exc:
         raise ValueError(
             f"{where} is too large to decode safely: {exc} If you trust it, raise PIL's "
@@ -427,7 +461,9 @@ def _decode(fp, where: str) -> Image.Image:
         raise ValueError(f"{where} is not an image file PIL can decode.") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"{where} is truncated or corrupt: {exc}") from exc
-    return _pil_to_rgb(decoded, where)
+    if isinstance(decoded, np.ndarray):
+        return _high_depth_to_rgb(decoded, mode, where)
+    return decoded
 
 
 def _sentence(name: str) -> str:

@@ -2,10 +2,11 @@
 
 Layouts: a stack is ``(n, h, w)`` (greyscale), ``(n, h, w, c)`` or ``(n, c, h, w)`` with
 ``c`` in {1, 3, 4}; a 3-D stack that could be one image without its batch axis raises.
-Pixel scaling: integer arrays hold [0, 255]; float arrays within [-0.01, 1.01] are [0, 1]
-images (resizing overshoot clipped), float arrays whose largest value is 2 or more are
-[0, 255], and anything between raises. The rule applies to a whole array, never pixel by
-pixel.
+Pixel scaling, by dtype: uint16 arrays are 16-bit images in [0, 65535] (what 16-bit files
+decode to); other integer arrays hold [0, 255]; float arrays within [-0.01, 1.01] are
+[0, 1] images (resizing overshoot clipped), float arrays whose largest value is 2 or more
+are [0, 255], and anything between raises. The rule applies to a whole array, never pixel
+by pixel.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ import numpy as np
 from PIL import Image
 
 CHANNELS = (1, 3, 4)
+SIXTEEN_BIT_MAX = 65535
 _OVERSHOOT = 0.01  # tolerated around [0, 1] for float images (resizing overshoots)
+_AS_UINT16 = (
+    "; if they are 16-bit images, pass them as uint16 (X.astype(np.uint16)), which is "
+    "read as [0, 65535]."
+)
 
 
 def _layout(shape) -> str | None:
@@ -84,6 +90,8 @@ def pixel_scale(X: np.ndarray, where: str) -> float:
         )
     if X.dtype == np.uint8:
         return 1.0
+    if is_sixteen_bit(X.dtype):
+        return 255.0 / SIXTEEN_BIT_MAX  # by its type, as a 16-bit file: never by its values
     if X.dtype.kind == "f":
         finite = np.isfinite(X)
         if not finite.all():
@@ -105,12 +113,22 @@ def pixel_scale(X: np.ndarray, where: str) -> float:
             )
     if lo >= 0.0 and hi <= 255.0:
         return 1.0
-    kind = "float" if X.dtype.kind == "f" else "integer"
+    if X.dtype.kind == "f":
+        raise ValueError(
+            f"{where} has float pixel values in [{lo:g}, {hi:g}]; expected [0, 255] or, "
+            "for floats, [0, 1]. Rescale the images first."
+        )
+    fits_16_bits = lo >= 0 and hi <= SIXTEEN_BIT_MAX
     raise ValueError(
-        f"{where} has {kind} pixel values in [{lo:g}, {hi:g}]; expected [0, 255]"
-        + (" or, for floats, [0, 1]" if kind == "float" else "")
-        + ". Rescale the images first."
+        f"{where} has integer pixel values in [{lo:g}, {hi:g}]; expected [0, 255] for "
+        f"{X.dtype} pixels. Rescale the images first{_AS_UINT16 if fits_16_bits else '.'}"
     )
+
+
+def is_sixteen_bit(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` is uint16, in either byte order (16-bit big-endian PIL images
+    give ``>u2``)."""
+    return dtype.kind == "u" and dtype.itemsize == 2
 
 
 def _index(index) -> tuple:

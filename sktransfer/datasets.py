@@ -8,7 +8,9 @@ image paths, which every sktransfer estimator decodes lazily.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import os
 from pathlib import Path
 
@@ -160,7 +162,7 @@ def load_image_folder(
     extensions = _lower_extensions(extensions)
     images, others = _walk(root, extensions)
     if not images:
-        raise ValueError(_no_images_message(root, extensions, others))
+        raise NoImagesError(root, extensions, others)
     target = target_names = None
     if labelled:
         target = np.array([parts[0] for parts in images])
@@ -220,7 +222,23 @@ def _identity(path: str) -> tuple[int, int]:
     return stat.st_dev, stat.st_ino
 
 
-def _no_images_message(root: str, extensions: tuple[str, ...], others: list) -> str:
+class NoImagesError(ValueError):
+    """No file under a folder ends in one of the image extensions looked for.
+
+    ``root``, ``extensions`` and ``others`` (the other files found, as tuples of path
+    parts) say what was looked for and found; ``option`` names how to pass other
+    extensions, in the message (``extensions=`` in Python, a flag on a command line).
+    """
+
+    def __init__(self, root: str, extensions: tuple, others: list, option="extensions="):
+        self.root, self.extensions, self.others, self.option = root, extensions, others, option
+        super().__init__(_no_images_message(root, extensions, others, option))
+
+    def __reduce__(self):  # pickled as it was made (a worker process may raise it)
+        return type(self), (self.root, self.extensions, self.others, self.option)
+
+
+def _no_images_message(root: str, extensions: tuple, others: list, option: str) -> str:
     if others:
         found = f"found {len(others)} files with other extensions such as '{'/'.join(others[0])}'"
     else:
@@ -228,7 +246,7 @@ def _no_images_message(root: str, extensions: tuple[str, ...], others: list) -> 
     return (
         f"No images in {root}: looked for files ending in {', '.join(extensions)} "
         f"(any case) in it and its sub-folders, skipping hidden ones, and {found}. "
-        "Pass extensions= to list other kinds of files, or the folder that holds the images."
+        f"Pass {option} to list other kinds of files, or the folder that holds the images."
     )
 
 
@@ -269,15 +287,23 @@ def _check_classes(root: str, images: list, extensions: tuple[str, ...]) -> np.n
     return np.array(classes)
 
 
-def from_csv(path, image_column: str, label_column: str | None = None, *, return_X_y=False):
+def from_csv(
+    path,
+    image_column: str,
+    label_column: str | None = None,
+    *,
+    encoding: str = "utf-8",
+    return_X_y=False,
+):
     """Read the image paths (and labels) listed in a CSV manifest.
 
     The file starts with a header row that names its columns; it is read with the
-    standard library's :mod:`csv` module (comma-separated, UTF-8, an optional byte-order
-    mark). Relative image paths are resolved against the folder of the CSV file, not the
-    working directory, so that a manifest travels with its images. The listed files are
-    not checked to exist: they may exist only where the job runs (say, on cluster
-    workers), and the estimators name the image by index and path when one cannot be read.
+    standard library's :mod:`csv` module (comma-separated, in ``encoding``; a UTF-8 file
+    may start with a byte-order mark). Relative image paths are resolved against the
+    folder of the CSV file, not the working directory, so that a manifest travels with
+    its images. The listed files are not checked to exist: they may exist only where the
+    job runs (say, on cluster workers), and the estimators name the image by index and
+    path when one cannot be read.
 
     Parameters
     ----------
@@ -287,6 +313,9 @@ def from_csv(path, image_column: str, label_column: str | None = None, *, return
         The column that holds the image file paths.
     label_column : str, default=None
         The column that holds the labels, read as strings; None for no target.
+    encoding : str, default="utf-8"
+        The text encoding of the file, any that Python knows: ``"latin-1"``,
+        ``"cp1252"`` (Excel on Windows), ...
     return_X_y : bool, default=False
         Return ``(paths, target)`` instead of a Bunch.
 
@@ -307,7 +336,9 @@ def from_csv(path, image_column: str, label_column: str | None = None, *, return
         If ``path`` is a folder.
     ValueError
         If the file has no data row, lacks a named column, or has an empty image or label
-        cell (named by its data row, counted from 1, and its line in the file).
+        cell (named by its data row, counted from 1, and its line in the file); if its
+        bytes are not text in ``encoding`` (the message names the line and suggests an
+        encoding), or ``encoding`` is not one Python knows.
 
     See Also
     --------
@@ -335,8 +366,9 @@ def from_csv(path, image_column: str, label_column: str | None = None, *, return
             f"The manifest {path} is a folder, not a CSV file: pass the CSV file, or list "
             "the folder's images with sktransfer.datasets.load_image_folder."
         )
+    codec = _codec(encoding)
     columns = [image_column] if label_column is None else [image_column, label_column]
-    cells = _read_columns(path, columns)
+    cells = _read_columns(path, columns, codec)
     folder = os.path.dirname(path)
     paths = np.array([os.path.abspath(os.path.join(folder, cell)) for cell in cells[0]])
     target = None if label_column is None else np.array(cells[1])
@@ -347,9 +379,9 @@ def from_csv(path, image_column: str, label_column: str | None = None, *, return
     return Bunch(paths=paths, target=target, target_names=target_names, DESCR=descr)
 
 
-def _read_columns(path: str, columns: list[str]) -> list[list[str]]:
+def _read_columns(path: str, columns: list[str], codec: str) -> list[list[str]]:
     """The cells of ``columns``, one list per column; raises on a missing column or cell."""
-    header, rows = _read_rows(path)
+    header, rows = _read_rows(path, codec)
     index = [_column_index(path, header, name) for name in columns]
     values = [[] for _ in columns]
     for number, (line, row) in enumerate(rows, start=1):
@@ -364,18 +396,48 @@ def _read_columns(path: str, columns: list[str]) -> list[list[str]]:
     return values
 
 
-def _read_rows(path: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+def _codec(encoding: str) -> str:
+    """The codec that reads ``encoding`` (UTF-8 with its optional byte-order mark)."""
+    try:
+        name = codecs.lookup(encoding).name
+    except (LookupError, TypeError) as exc:
+        raise ValueError(
+            f"encoding={encoding!r} is not a text encoding Python knows: pass one such as "
+            "'utf-8', 'latin-1' or 'cp1252'."
+        ) from exc
+    return "utf-8-sig" if name == "utf-8" else name
+
+
+def _read_rows(path: str, codec: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header and the data rows with the line each ends on; blank lines are skipped."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        rows = [(reader.line_num, row) for row in reader if row]
+    with open(path, "rb") as f:
+        data = f.read()
+    reader = csv.reader(io.StringIO(_decoded(path, data, codec), newline=""))
+    header = next(reader, None)
+    rows = [(reader.line_num, row) for row in reader if row]
     if header is None or not rows:
         raise ValueError(
             f"The manifest {path} has no data rows: expected a header row that names the "
             "columns, then one row per image."
         )
     return header, rows
+
+
+def _decoded(path: str, data: bytes, codec: str) -> str:
+    """The text of the file ``path``; raises naming the line of the first undecodable byte."""
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - data.rfind(b"\n", 0, exc.start)
+        shown = "utf-8" if codec == "utf-8-sig" else codec
+        other = "latin-1" if shown == "utf-8" else "utf-8"
+        raise ValueError(
+            f"The manifest {path} is not {shown} text: line {line} has the byte "
+            f"{data[exc.start]:#04x} at column {column}, which {shown} cannot decode. Pass "
+            f'the encoding it was saved in, such as encoding="{other}" (or "cp1252" for '
+            "Excel on Windows), or save it as UTF-8."
+        ) from exc
 
 
 def _column_index(path: str, header: list[str], name: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import re
 
 import pytest
@@ -11,7 +12,7 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
-from sktransfer.datasets import IMAGE_EXTENSIONS, from_csv, load_image_folder
+from sktransfer.datasets import IMAGE_EXTENSIONS, NoImagesError, from_csv, load_image_folder
 
 # A class tree whose component-wise order differs from the order of the joined strings:
 # "cat-big/b.png" < "cat/a.PNG" as strings ("-" < "/"), but ("cat", ...) < ("cat-big", ...).
@@ -129,6 +130,15 @@ class TestLoadImageFolderErrors:
         with pytest.raises(ValueError, match="and found no files. Pass extensions="):
             load_image_folder(tmp_path)
 
+    def test_no_images_error_is_a_value_error_that_keeps_what_it_found(self, tmp_path):
+        write(tmp_path, "scan.tif.gz", text="x")
+        with pytest.raises(NoImagesError) as error:
+            load_image_folder(tmp_path, extensions=".tif")
+        assert isinstance(error.value, ValueError)
+        assert (error.value.root, error.value.extensions) == (str(tmp_path), (".tif",))
+        assert error.value.others == [("scan.tif.gz",)]
+        assert str(pickle.loads(pickle.dumps(error.value))) == str(error.value)
+
     def test_images_in_root_without_class_folders(self, tmp_path):
         write(tmp_path, "a.png", "b.png")
         write(tmp_path, "notes/readme.txt", text="a folder without images is no class")
@@ -208,6 +218,12 @@ class TestFromCsv:
         data = from_csv(path, "file", "label")
         assert data.paths.tolist() == absolute(tmp_path / "data", ["a, b.png"])
 
+    @pytest.mark.parametrize("encoding", ["latin-1", "cp1252", "UTF-16"])
+    def test_encoding(self, manifest, encoding):
+        path = manifest("fichier,étiquette", "a.png,défaut", "b.png,ok", encoding=encoding)
+        data = from_csv(path, "fichier", "étiquette", encoding=encoding)
+        assert data.target.tolist() == ["défaut", "ok"]
+
     def test_output_feeds_an_extractor(self, manifest, tmp_path, one_torch_thread):
         write(tmp_path / "data", "images/a.png", "images/b.jpg")
         paths, _ = from_csv(
@@ -239,6 +255,21 @@ class TestFromCsvErrors:
         message = rf"Row 2 of the manifest .*manifest.csv \(line 4\) has an empty '{column}' cell"
         with pytest.raises(ValueError, match=message):
             from_csv(path, "file", "label")
+
+    def test_a_latin_1_file_read_as_utf_8_names_the_file_the_line_and_the_fix(self, manifest):
+        path = manifest("file,label", "a.png,ok", "b.png,défaut", encoding="latin-1")
+        message = (
+            f"The manifest {re.escape(str(path))} is not utf-8 text: line 3 has the byte 0xe9 "
+            "at column 8, which utf-8 cannot decode. Pass the encoding it was saved in, such as "
+            'encoding="latin-1"'
+        )
+        with pytest.raises(ValueError, match=message):
+            from_csv(path, "file", "label")
+
+    def test_an_unknown_encoding(self, manifest):
+        path = manifest("file", "a.png")
+        with pytest.raises(ValueError, match="encoding='latin-9000' is not a text encoding"):
+            from_csv(path, "file", encoding="latin-9000")
 
     @pytest.mark.parametrize("lines", [("file,label",), ()])
     def test_no_data_rows(self, manifest, lines):

@@ -56,7 +56,7 @@ class TestSamePictureSameEmbedding:
             pytest.param(lambda x: x.astype(np.float64) / 255, id="float64-in-0-1"),
             pytest.param(lambda x: x.astype(np.float32), id="float32-in-0-255"),
             pytest.param(lambda x: x.astype(np.int64), id="int64"),
-            pytest.param(lambda x: x.astype(np.uint16), id="uint16"),
+            pytest.param(lambda x: x.astype(np.uint16) * 257, id="uint16-in-0-65535"),
             pytest.param(lambda x: np.ascontiguousarray(np.moveaxis(x, -1, 1)), id="nchw"),
             pytest.param(lambda x: np.moveaxis(x, -1, 1) / 255.0, id="nchw-float"),
             pytest.param(lambda x: np.repeat(x, 2, axis=2)[:, :, ::2], id="strided-view"),
@@ -226,21 +226,6 @@ class TestErrors:
     def test_out_of_range_pixels(self, fitted, X, message):
         with pytest.raises(ValueError, match=message):
             fitted.transform(X)
-
-    def test_sixteen_bit_file_out_of_range(self, fitted, tmp_path):
-        # The same values as a uint16 array raise (above); as a 16-bit PNG they must not
-        # be silently clipped to 255 by PIL's convert("RGB").
-        path = tmp_path / "g16.png"
-        Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)).save(path)
-        with Image.open(path) as img:
-            assert img.mode == "I;16"
-        with pytest.raises(ValueError, match=r"g16\.png"):
-            fitted.transform([path])
-
-    def test_sixteen_bit_pil_image_out_of_range(self, fitted):
-        img = Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16))
-        with pytest.raises(ValueError, match=r"(?i)image 0"):
-            fitted.transform([img])
 
     @pytest.mark.parametrize("dtype", [bool, np.complex64])
     def test_unsupported_dtype(self, fitted, dtype):
@@ -455,6 +440,61 @@ class TestFloatRange:
         img = Image.fromarray(np.full((8, 8), 1.5, dtype=np.float32), mode="F")
         with pytest.raises(ValueError, match=r"Image 0 has float pixel values in \[1.5, 1.5\]"):
             as_images([img]).load(0)
+
+
+class TestSixteenBit:
+    """16-bit images are read by their type (mode, format, dtype), never by their values:
+    [0, 65535] scaled to [0, 255], whether dark or bright."""
+
+    DARK = np.arange(48 * 40, dtype=np.uint16).reshape(48, 40) % 256  # all <= 255
+    BRIGHT = (np.arange(48 * 40) * 65535 // (48 * 40 - 1)).astype(np.uint16).reshape(48, 40)
+
+    @staticmethod
+    def eight_bit(pixels):
+        return np.rint(pixels / 257).astype(np.uint8)
+
+    @pytest.mark.parametrize("suffix, mode", [(".png", "I;16"), (".tif", "I;16"), (".pgm", "I")])
+    def test_files_of_one_folder_dark_or_bright(self, fitted, tmp_path, suffix, mode):
+        paths = []
+        for name, pixels in [("dark", self.DARK), ("bright", self.BRIGHT)]:
+            paths.append(tmp_path / f"{name}{suffix}")
+            Image.fromarray(pixels).save(paths[-1])
+            with Image.open(paths[-1]) as img:
+                assert img.mode == mode
+        expected = [self.eight_bit(self.DARK), self.eight_bit(self.BRIGHT)]
+        source = as_images(paths)
+        for i, pixels in enumerate(expected):
+            np.testing.assert_array_equal(np.asarray(source.load(i)), np.dstack([pixels] * 3))
+        np.testing.assert_array_equal(fitted.transform(paths), fitted.transform(expected))
+
+    def test_pil_images_and_uint16_arrays_as_their_files(self, fitted, tmp_path):
+        path = tmp_path / "dark.png"
+        Image.fromarray(self.DARK).save(path)
+        expected = fitted.transform([self.eight_bit(self.DARK)])
+        with Image.open(path) as opened:
+            np.testing.assert_array_equal(fitted.transform([opened]), expected)
+        np.testing.assert_array_equal(fitted.transform([Image.fromarray(self.DARK)]), expected)
+        np.testing.assert_array_equal(fitted.transform(self.DARK[None, ..., None]), expected)
+        big_endian = [self.DARK.astype(">u2")]
+        np.testing.assert_array_equal(fitted.transform(big_endian), expected)
+
+    def test_mode_i_of_no_sixteen_bit_format_is_refused_beyond_255(self, fitted):
+        img = Image.fromarray(self.BRIGHT.astype(np.int32))
+        assert img.mode == "I"
+        message = (
+            r"Image 0 \(mode I: 32-bit integers of no stated bit depth\) has integer pixel "
+            r"values in \[0, 65535\]; expected \[0, 255\] for int32 pixels\..*16-bit "
+            r"images, pass them as uint16 \(X\.astype\(np\.uint16\)\)"
+        )
+        with pytest.raises(ValueError, match=message):
+            fitted.transform([img])
+        dark = Image.fromarray(self.DARK.astype(np.int32))
+        eight_bit = [self.DARK.astype(np.uint8)]  # mode I within [0, 255]: as before
+        np.testing.assert_array_equal(fitted.transform([dark]), fitted.transform(eight_bit))
+
+    def test_other_integer_arrays_beyond_255_point_to_uint16(self, fitted):
+        with pytest.raises(ValueError, match=r"pass them as uint16 \(X\.astype\(np\.uint16\)\)"):
+            fitted.transform(self.BRIGHT[None].astype(np.int64)[..., None])
 
 
 def palette_image(indices, palette):
