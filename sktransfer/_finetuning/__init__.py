@@ -10,6 +10,7 @@
 - :mod:`._inputs` and :mod:`._datasets`: what each stage trains on (frozen rows, whose
   names :mod:`sktransfer._rows` owns, or images);
 - :mod:`._net` and :mod:`._callbacks`: the skorch net of a stage;
+- :mod:`._head`: a head-only stage on cached pooled features, solved to convergence;
 - :mod:`._loop`: :func:`train`, the stages in order;
 - :mod:`._predict`: prediction of a fitted fine-tuner (from images or cached rows).
 

@@ -1,17 +1,21 @@
 """The loop of a fine-tune: stages in order, weight averaging, then adaptation.
 
 :func:`train` runs a :class:`~._plan.TrainingPlan` on a backbone and its data and returns
-a :class:`~._plan.TrainingResult`; it reads the plan, never an estimator.
+a :class:`~._plan.TrainingResult`; it reads the plan, never an estimator. A stage that
+trains only a linear head on cached pooled features is solved to convergence
+(:mod:`._head`); every other stage is a skorch net stepped by epochs.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
 from skorch.helper import predefined_split
 
 from .. import _backbone
 from ._callbacks import WeightAverage
+from ._head import solvable, solve_head
 from ._inputs import StageInputs
 from ._net import StageExtras, build_net
 from ._plan import TrainingResult
@@ -31,8 +35,15 @@ def train(plan, backbone, data) -> TrainingResult:
     history, warnings = [], []
     try:
         for stage in plan.schedule.training:
-            net, warning = _run_stage(plan, backbone, data, stage, inputs, averaging, adaptation)
-            history += epoch_records(net.history, offset=len(history))
+            if solvable(plan, backbone, stage, inputs):
+                record, warning = solve_head(plan, backbone, stage, inputs)
+                _average_solved(ema, backbone, stage)
+                history += _numbered([record], offset=len(history))
+            else:
+                net, warning = _run_stage(
+                    plan, backbone, data, stage, inputs, averaging, adaptation
+                )
+                history += _numbered(epoch_records(net.history), offset=len(history))
             warnings += [warning] if warning is not None else []
     finally:
         inputs.close()
@@ -70,12 +81,23 @@ def _run_stage(plan, backbone, data, stage, inputs, averaging, adaptation):
     return net, adaptation.after_stage(net.history) if aligning else None
 
 
-def epoch_records(history, offset):
-    """skorch's epoch rows as ``history_`` records, numbered across stages."""
+def _average_solved(ema, backbone, stage) -> None:
+    """A solved stage takes no optimizer step for the weight average to follow: its
+    solution is the average's value of the parameters it trained."""
+    if ema is None:
+        return
+    averaged = dict(ema.module.named_parameters())
+    with torch.no_grad():
+        for name, param in backbone.named_parameters():
+            if name in stage.trainable:
+                averaged[name].copy_(param)
+
+
+def epoch_records(history):
+    """skorch's epoch rows as ``history_`` records (numbered by the caller)."""
     records = []
-    for i, row in enumerate(history):
-        record = {k: v for k, v in row.items() if k not in ("batches", "dur")}
-        record["epoch"] = offset + i + 1
+    for row in history:
+        record = {k: v for k, v in row.items() if k not in ("epoch", "batches", "dur")}
         record["dur"] = row.get("dur")
         records.append(record)
     return records

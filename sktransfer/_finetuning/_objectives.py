@@ -26,6 +26,10 @@ class Objective(ABC):
     # ``entropy(logits)``: each image's entropy of its predicted distribution (what
     # test-time adaptation minimises); None for targets without one (real values).
     entropy: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # Whether the loss is smooth and convex in the weights of a linear head, so that a
+    # head stage on fixed pooled features is solved to its optimum (:mod:`._head`)
+    # rather than stepped by epochs.
+    solvable: bool = False
 
     @abstractmethod
     def criterion(self, mixing: bool) -> nn.Module:
@@ -35,6 +39,10 @@ class Objective(ABC):
     def hits(self) -> Callable | None:
         """Scores each image's prediction for the accuracy columns of ``history_``
         (``hits(y_pred, y)``: 1 per right image); None records no accuracy."""
+        return None
+
+    def strata(self, y: torch.Tensor) -> torch.Tensor | None:
+        """What to stratify the folds of a head solve by (None: plain folds)."""
         return None
 
     def check(self, *, mixing: bool = False, class_weighted: bool = False) -> None:  # noqa: B027
@@ -50,6 +58,7 @@ class CrossEntropy(Objective):
     class_weight: tuple | None = None  # one weight per class, from the training labels
 
     target_dtype = torch.long
+    solvable = True
 
     def criterion(self, mixing):
         weight = self.class_weight
@@ -61,6 +70,9 @@ class CrossEntropy(Objective):
 
     def hits(self):
         return label_hits
+
+    def strata(self, y):
+        return y
 
     def entropy(self, logits):
         return softmax_entropy(logits)
@@ -74,6 +86,7 @@ class Multilabel(Objective):
     label_smoothing: float = 0.0
 
     multilabel = True
+    solvable = True
 
     def criterion(self, mixing):
         return nn.BCEWithLogitsLoss(reduction="none")
@@ -99,6 +112,7 @@ class MultiTask(Objective):
     label_smoothing: float = 0.0
 
     target_dtype = torch.long
+    solvable = True
 
     def criterion(self, mixing):
         return MultiTaskCrossEntropy(self.task_sizes, self.task_weights, self.label_smoothing)
@@ -124,6 +138,8 @@ REGRESSION_LOSSES = {
     "squared_error": lambda: nn.MSELoss(reduction="none"),
     "huber": lambda: nn.HuberLoss(reduction="none", delta=1.0),
 }
+# Those smooth enough for L-BFGS (Huber's loss is once differentiable: enough).
+SMOOTH_REGRESSION_LOSSES = frozenset({"squared_error", "huber"})
 
 
 @dataclass(frozen=True)
@@ -131,6 +147,10 @@ class StandardisedRegression(Objective):
     """Real targets, standardised per column inside ``fit``."""
 
     loss: str = "squared_error"  # a key of REGRESSION_LOSSES
+
+    @property
+    def solvable(self):
+        return self.loss in SMOOTH_REGRESSION_LOSSES
 
     def criterion(self, mixing):
         return REGRESSION_LOSSES[self.loss]()

@@ -51,6 +51,7 @@ class Schedule:
     optimizer: str
     weight_decay: float
     early_stopping: int | None = None
+    converge_head: bool = False  # solve the head stage before a fine-tune too (LP-FT)
 
     @property
     def training(self) -> tuple[Stage, ...]:
@@ -128,8 +129,9 @@ class TrainingData:
 @dataclass(frozen=True)
 class TrainingResult:
     """What a fine-tune returns: the trained backbone (in eval mode), one record per
-    epoch, whether frozen rows were computed once and reused, and the warnings for the
-    caller of ``fit`` (a diverged adversary)."""
+    epoch (one for a solved head stage), whether frozen rows were computed once and
+    reused, and the warnings for the caller of ``fit`` (a diverged adversary, a head
+    solve that did not converge)."""
 
     backbone: nn.Module
     history: list
