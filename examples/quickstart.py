@@ -16,7 +16,8 @@ The pipeline
     ``StandardScaler`` and a ``LogisticRegression`` on top are the only parts that learn.
 
 The control
-    The same pipeline with ``weights=None``: same architecture, same preprocessing, random
+    The same pipeline with ``weights=None``: same architecture, same preprocessing
+    (stated: mean = std = 0.5, as the TensorFlow port of the weights was trained), random
     weights. Whatever the pretrained pipeline scores above it is what ImageNet brings.
 
 The score
@@ -54,6 +55,12 @@ from sktransfer import PretrainedFeatureExtractor
 from sktransfer.datasets import load_elpv
 
 MODEL = "tf_efficientnet_lite0"
+# The checkpoint is a port of TensorFlow's weights: its key names differ from timm's, so
+# it loads by tensor order, and nothing in it says how its images were normalised. The
+# TF port was trained on pixels scaled to [-1, 1]: mean = std = 0.5 (timm's "inception"
+# preset). Stating it is what makes the features right (ImageNet's mean/std, the default
+# of many architectures, turns a daisy into a lampshade) and silences the warning.
+PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 DEFECT_THRESHOLD = 0.5
 SCORING = {"roc_auc": "roc_auc", "balanced_accuracy": "balanced_accuracy"}
 
@@ -61,7 +68,7 @@ SCORING = {"roc_auc": "roc_auc", "balanced_accuracy": "balanced_accuracy"}
 def make_model(weights, image_size: int, memory) -> Pipeline:
     """Embeddings, standardised, into a balanced logistic regression."""
     extractor = PretrainedFeatureExtractor(
-        MODEL, weights=weights, image_size=image_size, memory=memory
+        MODEL, weights=weights, image_size=image_size, preprocessing=PREPROCESSING, memory=memory
     )
     # Strong L2 (C=0.01, best of 0.001-1 on these data): 1,280 features, a few hundred
     # training images per fold.

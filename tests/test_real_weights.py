@@ -1,6 +1,6 @@
 """Real pretrained weights on real images: the packaged EfficientNet-Lite0 ImageNet port.
 
-These check what random-weight tests cannot: that the loaded weights and the model's own
+These check what random-weight tests cannot: that the loaded weights and their stated
 preprocessing work together (an ImageNet photo is named correctly) and that pretrained
 features transfer (they beat random-init features on solar-cell defects, ELPV).
 """
@@ -20,11 +20,16 @@ from sktransfer import PretrainedFeatureExtractor, top_imagenet_labels
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 LITE0 = "tf_efficientnet_lite0"
+# The file loads by tensor order, so its preprocessing is stated: the TF port's mean = std =
+# 0.5, which is also tf_efficientnet_lite0's own (stating it changes no number).
+PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
 
 def test_china_is_a_palace_church_or_monastery(lite0_weights):
     china = load_sample_images().images[0]  # the Summer Palace, Beijing
-    extractor = PretrainedFeatureExtractor(LITE0, weights=lite0_weights, layer="logits")
+    extractor = PretrainedFeatureExtractor(
+        LITE0, weights=lite0_weights, layer="logits", preprocessing=PREPROCESSING
+    )
     scores = extractor.fit_transform(china[None])
     assert scores.shape == (1, 1000)
     (top3,) = top_imagenet_labels(scores, k=3)
@@ -45,7 +50,13 @@ def test_pretrained_features_beat_random_features_on_elpv(lite0_weights, elpv_su
 
     def score(weights):
         extractor = PretrainedFeatureExtractor(
-            LITE0, weights=weights, image_size=96, layer=-1, batch_size=64, memory=str(tmp_path)
+            LITE0,
+            weights=weights,
+            image_size=96,
+            preprocessing=PREPROCESSING,
+            layer=-1,
+            batch_size=64,
+            memory=str(tmp_path),
         )
         pipe = make_pipeline(extractor, StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
         return cross_val_score(pipe, paths, y, cv=cv, scoring="balanced_accuracy").mean()
