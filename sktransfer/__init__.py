@@ -8,6 +8,7 @@ from ._features import PretrainedFeatureExtractor, top_imagenet_labels
 from ._params import InvalidParameterError
 from ._regressor import FineTunedRegressor
 from ._state import InconsistentVersionWarning
+from ._warnings import UnstatedPreprocessingWarning
 
 __version__ = "0.1.0"
 
@@ -20,6 +21,7 @@ __all__ = [
     "InvalidParameterError",
     "PretrainedFeatureExtractor",
     "TrainingHistoryDisplay",
+    "UnstatedPreprocessingWarning",
     "dask_transform",
     "top_imagenet_labels",
     "__version__",

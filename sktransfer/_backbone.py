@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from numbers import Integral
+from numbers import Integral, Real
 from pathlib import Path
 
 import timm
@@ -21,7 +22,20 @@ import torch
 from timm.models import group_parameters
 from torch import nn
 
+from ._warnings import UnstatedPreprocessingWarning, warn
+
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+# Named normalisations of the ``preprocessing`` parameter: timm's constants.
+PREPROCESSING_PRESETS = {
+    "imagenet": {"mean": timm.data.IMAGENET_DEFAULT_MEAN, "std": timm.data.IMAGENET_DEFAULT_STD},
+    "inception": {
+        "mean": timm.data.IMAGENET_INCEPTION_MEAN,
+        "std": timm.data.IMAGENET_INCEPTION_STD,
+    },
+    "clip": {"mean": timm.data.OPENAI_CLIP_MEAN, "std": timm.data.OPENAI_CLIP_STD},
+}
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+CROP_MODES = ("center", "squash", "border")
 POOLINGS = ("avg", "max", "avgmax", "token")
 TIMM_VERSION = timm.__version__
 
@@ -55,6 +69,7 @@ def create_backbone(
     image_size=None,
     drop_rate: float | None = None,
     seed: int = 0,
+    preprocessing=None,
 ) -> nn.Module:
     """Create a timm model with its original head and load ``weights`` into it.
 
@@ -76,6 +91,10 @@ def create_backbone(
     seed : int, default=0
         Seed of the random initialisation, so that ``weights=None`` gives the same
         weights at every fit (the global torch RNG is left untouched).
+    preprocessing : dict, str or None, default=None
+        The preprocessing the caller states for ``weights`` (see :func:`data_config`).
+        Weights loaded by tensor order while it is None warn
+        (:class:`~sktransfer._warnings.UnstatedPreprocessingWarning`).
 
     Returns
     -------
@@ -114,10 +133,13 @@ def create_backbone(
             "checkpoint with weights='path/to/file.pth', or weights=None for random "
             "initialisation."
         ) from exc
+    matched = "name"
     if isinstance(weights, Mapping):  # the weights of another fitted model
-        load_state(model, weights, "The weights given")
+        matched = load_state(model, weights, "The weights given")
     elif weights is not None and not pretrained:
-        load_weights_file(model, weights)
+        matched = load_weights_file(model, weights)
+    if matched == "order" and preprocessing is None:
+        _warn_unstated_preprocessing(model, weights)
     timm_name = name if timm.is_model(name) else model.pretrained_cfg["architecture"]
     model.sktransfer_spec = {"name": timm_name, "kwargs": kwargs}
     return model.eval()
@@ -175,10 +197,7 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ValueError(
-                f"Could not read {str(path)!r} as a PyTorch checkpoint: {exc}. Expected a "
-                f"file saved with torch.save or safetensors ({', '.join(WEIGHT_SUFFIXES)})."
-            ) from exc
+            raise ValueError(_unreadable_checkpoint(path, exc)) from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -194,21 +213,56 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_weights_file(model: nn.Module, path) -> None:
+def _unreadable_checkpoint(path: Path, exc: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, and the fix, without torch's
+    advice to load with ``weights_only=False`` (which would run the file's code)."""
+    reason = str(exc).partition("WeightsUnpickler error:")[2].strip().splitlines()
+    if reason and reason[0].startswith("Unsupported global"):
+        return (
+            f"{str(path)!r} holds Python objects, not only tensors ({reason[0]}). "
+            "sktransfer reads weights only, since loading objects runs their code: save "
+            "the state dict instead, torch.save(model.state_dict(), path)."
+        )
+    detail = reason[0] if reason else f"{type(exc).__name__}: {exc}".strip()
+    return (
+        f"{str(path)!r} is not a PyTorch checkpoint, or it is damaged ({detail}). "
+        f"Expected a state dict saved with torch.save or safetensors "
+        f"({', '.join(WEIGHT_SUFFIXES)}); check the file, or download it again."
+    )
+
+
+def _warn_unstated_preprocessing(model: nn.Module, weights) -> None:
+    cfg = data_config(model)
+    origin = f"{os.fspath(weights)!r}" if isinstance(weights, str | os.PathLike) else "weights"
+    warn(
+        f"The checkpoint {origin} was loaded into {model.pretrained_cfg['architecture']!r} "
+        "by tensor order (its key names differ), so nothing says which preprocessing it "
+        "was trained with, and the architecture's own is used: mean="
+        f"{tuple(cfg['mean'])}, std={tuple(cfg['std'])}, interpolation="
+        f"{cfg['interpolation']!r}, crop_pct={cfg['crop_pct']}. Weights ported from "
+        "another framework often differ (TensorFlow ports of EfficientNet-Lite use mean = "
+        "std = 0.5). State it: preprocessing={'mean': ..., 'std': ...} (timm's data-config "
+        "keys) or a preset name (" + ", ".join(map(repr, PREPROCESSING_PRESETS)) + ").",
+        UnstatedPreprocessingWarning,
+    )
+
+
+def load_weights_file(model: nn.Module, path) -> str:
     """Load a local checkpoint into ``model``, by name or, failing that, by tensor order.
 
     Names are tried first. A checkpoint whose classifier has another number of classes
     (a fine-tuned model) resizes the head first. When names differ but every tensor's
     shape matches in order (weights ported from another framework or implementation),
     tensors load by order. Anything else raises, naming how many tensors matched: a model
-    never runs silently on random weights.
+    never runs silently on random weights. Returns how the tensors matched: ``"name"``
+    or ``"order"``.
     """
-    load_state(model, read_state_dict(path), f"The checkpoint {str(path)!r}")
+    return load_state(model, read_state_dict(path), f"The checkpoint {str(path)!r}")
 
 
-def load_state(model: nn.Module, ckpt: Mapping[str, torch.Tensor], origin: str) -> None:
-    """Load a state dict into ``model`` as :func:`load_weights_file` does; ``origin``
-    names where it came from in the error."""
+def load_state(model: nn.Module, ckpt: Mapping[str, torch.Tensor], origin: str) -> str:
+    """Load a state dict into ``model`` as :func:`load_weights_file` does (returning
+    ``"name"`` or ``"order"``); ``origin`` names where it came from in the error."""
     own = model.state_dict()
     head_names = _classifier_state_names(model)
 
@@ -224,7 +278,7 @@ def load_state(model: nn.Module, ckpt: Mapping[str, torch.Tensor], origin: str) 
     by_name = sum(1 for k, v in own.items() if k in ckpt and ckpt[k].shape == v.shape)
     if by_name == len(own) and len(ckpt) == len(own):
         model.load_state_dict(ckpt, strict=True)
-        return
+        return "name"
 
     ckpt_items = list(ckpt.items())
     by_order = 0
@@ -235,7 +289,7 @@ def load_state(model: nn.Module, ckpt: Mapping[str, torch.Tensor], origin: str) 
     if by_order == len(own) == len(ckpt_items):
         remapped = {k: v for k, (_, v) in zip(own, ckpt_items, strict=True)}
         model.load_state_dict(remapped, strict=True)
-        return
+        return "order"
 
     raise ValueError(
         f"{origin} does not fit the architecture "
@@ -250,6 +304,12 @@ def save_state(model: nn.Module, path) -> None:
     """Save every tensor of ``model`` to ``path``: safetensors for a ``.safetensors``
     suffix, otherwise ``torch.save`` of the state dict (read back by ``weights_only``)."""
     path = Path(os.fspath(path))
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            f"Cannot save the weights to {str(path)!r}: the folder {str(path.parent)!r} does "
+            "not exist. Create it first (Path(folder).mkdir(parents=True)), or choose "
+            "another path."
+        )
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     if path.suffix == ".safetensors":
         try:
@@ -327,16 +387,80 @@ def rebuild(description: Mapping, tensors: Mapping[str, torch.Tensor]) -> nn.Mod
 # ----------------------------------------------------------------------- preprocessing
 
 
-def data_config(model: nn.Module, image_size=None) -> dict:
-    """The model's own preprocessing (size, interpolation, crop, mean, std).
-
-    ``image_size`` (an int or ``(height, width)``) overrides the input size; the crop
-    fraction, interpolation and normalisation stay the model's.
-    """
+def data_config(model: nn.Module, image_size=None, preprocessing=None) -> dict:
+    """The preprocessing (size, interpolation, crop, mean, std): the model's own, with
+    ``image_size`` (an int or ``(height, width)``) as the input size and the values
+    ``preprocessing`` states (:func:`stated_preprocessing`) in place of the model's."""
     cfg = dict(timm.data.resolve_model_data_config(model))
     if image_size is not None:
         cfg["input_size"] = (cfg["input_size"][0], *_as_hw(image_size))
-    return cfg
+    return {**cfg, **stated_preprocessing(preprocessing, cfg["input_size"][0])}
+
+
+def stated_preprocessing(preprocessing, channels: int) -> dict:
+    """``preprocessing`` checked, as timm data-config values: a preset name of
+    :data:`PREPROCESSING_PRESETS`, or a dict of some of ``mean``, ``std`` (one number
+    per input channel; std > 0), ``interpolation``, ``crop_pct`` (in (0, 1]) and
+    ``crop_mode``. None states nothing. Raises ``ValueError`` naming the bad entry."""
+    if preprocessing is None:
+        return {}
+    if isinstance(preprocessing, str):
+        if preprocessing not in PREPROCESSING_PRESETS:
+            raise ValueError(
+                f"preprocessing={preprocessing!r} is not a preset; use one of "
+                f"{sorted(PREPROCESSING_PRESETS)} or a dict of timm data-config values."
+            )
+        preprocessing = PREPROCESSING_PRESETS[preprocessing]
+    checks = {
+        "mean": lambda v: _channel_values(v, channels, "mean", positive=False),
+        "std": lambda v: _channel_values(v, channels, "std", positive=True),
+        "interpolation": lambda v: _one_of(v, INTERPOLATIONS, "interpolation"),
+        "crop_pct": _crop_pct,
+        "crop_mode": lambda v: _one_of(v, CROP_MODES, "crop_mode"),
+    }
+    unknown = sorted(set(preprocessing) - set(checks), key=str)
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), checks, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"preprocessing has the unknown key {unknown[0]!r}.{hint} It takes timm's "
+            f"data-config keys: {', '.join(checks)} (the input size is image_size)."
+        )
+    return {key: checks[key](value) for key, value in preprocessing.items()}
+
+
+def _channel_values(value, channels: int, key: str, *, positive: bool) -> tuple:
+    """One number per channel in [0, 1] units (> 0 for a std); a single number is
+    repeated. Values in 0-255 units (123.7) are refused, not silently misused."""
+    numbers = (value,) * channels if isinstance(value, Real) else value
+    try:
+        out = tuple(float(v) for v in numbers)
+    except (TypeError, ValueError):
+        out = ()
+    low = 0.0 if not positive else math.ulp(0.0)
+    if len(out) != channels or not all(low <= v <= 1 for v in out):
+        raise ValueError(
+            f"preprocessing[{key!r}]={value!r} is not valid: expected {channels} numbers "
+            f"in {'(0, 1]' if positive else '[0, 1]'}, one per input channel, in the units of "
+            "pixels scaled to [0, 1] (ImageNet's mean is (0.485, 0.456, 0.406)); values in "
+            "0-255 units are divided by 255."
+        )
+    return out
+
+
+def _one_of(value, options: tuple, key: str) -> str:
+    if value not in options:
+        raise ValueError(f"preprocessing[{key!r}]={value!r} is not one of {list(options)}.")
+    return value
+
+
+def _crop_pct(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 < value <= 1:
+        raise ValueError(
+            f"preprocessing['crop_pct']={value!r} is not valid: expected the fraction of "
+            "the resized image kept by the centre crop, in (0, 1] (1: no crop)."
+        )
+    return float(value)
 
 
 def eval_transform(cfg: dict) -> Callable:

@@ -59,6 +59,10 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
     multilabel_, multitask_ : bool
         Whether ``y`` was a 0/1 indicator matrix (one sigmoid per label), or several
         columns of class labels (one softmax head per column).
+    task_names_ : ndarray of str or None
+        With several label columns, the column names of a DataFrame ``y`` (the command
+        line names its output columns after them), else None. Only set for multi-task
+        targets.
     backbone_ : torch.nn.Module
         The fine-tuned timm model, in eval mode (the skorch net that trained it is not
         kept). Pickles and skops files store it as data: its timm name, constructor
@@ -125,6 +129,7 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         ema=None,
         tta=None,
         image_size=None,
+        preprocessing=None,
         validation_fraction=0.0,
         early_stopping=None,
         drop_rate=0.0,
@@ -226,7 +231,7 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         proba = self.predict_proba(X)
         if self.multitask_:
             columns = [c[np.argmax(p, axis=1)] for c, p in zip(self.classes_, proba, strict=True)]
-            return np.column_stack(columns)
+            return _label_columns(columns)
         if self.multilabel_:
             return (proba >= 0.5).astype(int)
         return self.classes_[np.argmax(proba, axis=1)]
@@ -248,13 +253,34 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         """
         if not getattr(self, "multitask_", False):
             return super().score(X, y, sample_weight=sample_weight)
-        exact = np.all(self.predict(X) == np.asarray(y, dtype=object), axis=1)
+        predicted = self.predict(X)
+        truth = np.asarray(y, dtype=object)
+        if truth.shape != predicted.shape:
+            raise ValueError(
+                f"y has shape {truth.shape} but this classifier predicts {predicted.shape[1]} "
+                f"label columns for {len(predicted)} images; pass y of shape {predicted.shape}."
+            )
+        exact = np.ones(len(predicted), dtype=bool)
+        for t in range(truth.shape[1]):  # as Python values: 0 == np.int64(0), "0" != 0
+            pairs = zip(predicted[:, t].tolist(), truth[:, t].tolist(), strict=True)
+            exact &= np.array([p == v for p, v in pairs], dtype=bool)
         return float(np.average(exact, weights=sample_weight))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_label = True
         return tags
+
+
+def _label_columns(columns: list[np.ndarray]) -> np.ndarray:
+    """Label columns side by side, each keeping its own type: one array of their common
+    dtype when they share one, else an object array (ints stay ints next to strings)."""
+    if len({c.dtype for c in columns}) == 1:
+        return np.column_stack(columns)
+    out = np.empty((len(columns[0]), len(columns)), dtype=object)
+    for t, column in enumerate(columns):
+        out[:, t] = column.tolist() if column.dtype.kind in "biuf" else column
+    return out
 
 
 def _softmax(logits):

@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import csv
 import inspect
+import json
 import os
 import sys
 import textwrap
@@ -36,12 +37,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ._backbone import POOLINGS
+from ._backbone import POOLINGS, PREPROCESSING_PRESETS
 from ._classifier import FineTunedClassifier
 from ._distributed import connect, dask_transform, iter_blocks
 from ._features import PretrainedFeatureExtractor
 from ._images import FileSource
-from .datasets import load_image_folder
+from ._regressor import FineTunedRegressor
+from .datasets import IMAGE_EXTENSIONS, NoImagesError, load_image_folder
 
 EXIT_USAGE = 2  # the user's mistake: options, folders, files, images
 EXIT_FAILURE = 1  # the environment's: no scheduler, a missing package, a full disk
@@ -49,6 +51,7 @@ EMBEDDING_FORMATS = (".npy", ".parquet")
 PREDICTION_FORMATS = (".csv",)
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 MODEL_SUFFIXES = (".skops", *PICKLE_SUFFIXES)
+IMAGE_ESTIMATORS = (PretrainedFeatureExtractor, FineTunedClassifier, FineTunedRegressor)
 
 _EXTRACTOR = inspect.signature(PretrainedFeatureExtractor).parameters
 _CHUNK_SIZE = inspect.signature(dask_transform).parameters["chunk_size"].default
@@ -211,6 +214,18 @@ def _add_embed(commands) -> None:
         help="input size of the model, square (224) or height x width (224x160) "
         "(default: the model's own)",
     )
+    embed.add_argument(
+        "--preprocessing",
+        type=_preprocessing,
+        default=_EXTRACTOR["preprocessing"].default,
+        metavar="PRESET|JSON",
+        help="the preprocessing the weights were trained with: "
+        + ", ".join(sorted(PREPROCESSING_PRESETS))
+        + " (mean and std), or a JSON object of timm data-config values, "
+        '\'{"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}\'; state it for a checkpoint '
+        "whose tensors load by order (default: the model's own)",
+    )
+    _add_extensions(embed)
     _add_batch_and_device(embed, _EXTRACTOR["batch_size"].default, _EXTRACTOR["device"].default)
     embed.add_argument(
         "--cache",
@@ -257,14 +272,27 @@ def _add_predict(commands) -> None:
         "--out",
         required=True,
         metavar="FILE.csv",
-        help="the output CSV: 'path' (relative to ROOT), 'prediction' (or prediction_0, "
-        "prediction_1, ... for several outputs) and, for a classifier, one proba_<class> "
-        "column per class; its folder must exist, and an existing file is replaced only "
-        "when the run succeeds",
+        help="the output CSV: 'path' (relative to ROOT), 'prediction' (for several "
+        "outputs, one column each: named after the label columns when the model was "
+        "fitted on a DataFrame y whose column names it keeps, else prediction_0, "
+        "prediction_1, ...) and, for a classifier, one proba_<class> column per class; "
+        "its folder must exist, and an existing file is replaced only when the run succeeds",
     )
+    _add_extensions(predict)
     _add_batch_and_device(predict, None, None)
     _add_run_options(predict)
     predict.set_defaults(run=run_predict)
+
+
+def _add_extensions(parser) -> None:
+    parser.add_argument(
+        "--extensions",
+        type=_extensions,
+        default=IMAGE_EXTENSIONS,
+        metavar=".EXT,...",
+        help="the file name endings of the images to list under ROOT, with their dot, "
+        "comma-separated, any case (default: " + ",".join(IMAGE_EXTENSIONS) + ")",
+    )
 
 
 def _add_batch_and_device(parser, batch_size, device) -> None:
@@ -337,8 +365,33 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _extensions(text: str) -> tuple[str, ...]:
+    endings = tuple(part.strip() for part in text.split(","))
+    if not all(len(e) > 1 and e.startswith(".") for e in endings):
+        raise argparse.ArgumentTypeError(
+            f"expected file name endings with their dot, comma-separated (.tif,.bmp), got {text!r}"
+        )
+    return endings
+
+
 def _weights(text: str):
     return None if text.lower() == "none" else text
+
+
+def _preprocessing(text: str):
+    """A preset name, or a JSON object (checked in full by the extractor's ``fit``)."""
+    if text in PREPROCESSING_PRESETS:
+        return text
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected one of {sorted(PREPROCESSING_PRESETS)} or a JSON object such as "
+            f'\'{{"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}\', got {text!r}'
+        )
+    return value
 
 
 def _layer(text: str):
@@ -372,7 +425,7 @@ def run_embed(args) -> int:
     """``sktransfer embed``: check the output, list the images, fit, embed, write."""
     started = time.perf_counter()
     out = _output_path(args.out, EMBEDDING_FORMATS)
-    root, paths = _list_images(args.root)
+    root, paths = _list_images(args.root, args.extensions)
     extractor = PretrainedFeatureExtractor(**_extractor_params(args)).fit()
     names = [str(name) for name in extractor.get_feature_names_out()]
     opener = _NpyRows if out.suffix.lower() == ".npy" else _ParquetRows
@@ -394,6 +447,7 @@ def _extractor_params(args) -> dict:
         "layer": args.layer,
         "pooling": args.pooling,
         "image_size": args.image_size,
+        "preprocessing": args.preprocessing,
         "batch_size": args.batch_size,
         "device": args.device,
         "memory": args.cache,
@@ -408,9 +462,10 @@ def run_predict(args) -> int:
     started = time.perf_counter()
     out = _output_path(args.out, PREDICTION_FORMATS)
     _check_model_suffix(args.model_file)
-    root, paths = _list_images(args.root)
+    root, paths = _list_images(args.root, args.extensions)
     model = _load_model(args.model_file)
     _check_predicts(model, args.model_file)
+    _check_reads_images(model, args.model_file)
     _override(model, args.batch_size, args.device)
     classes = _proba_classes(model)
     methods = ("predict",) if classes is None else ("predict", "predict_proba")
@@ -420,7 +475,7 @@ def run_predict(args) -> int:
         blocks = _blocks(model, paths, methods, args.chunk_size, client)
         if methods == ("predict_proba",):
             blocks = ((classes[np.argmax(p, axis=1)], p) for (p,) in blocks)
-        with _replacing(out, lambda tmp: _CsvRows(tmp, classes)) as rows:
+        with _replacing(out, lambda tmp: _CsvRows(tmp, classes, _task_names(model))) as rows:
             _write_all(rows, blocks, _relative(paths, root), args, "predicting")
     seconds = time.perf_counter() - started
     print(f"Predicted {len(paths)} images into {out} in {seconds:.1f} s.")
@@ -489,6 +544,38 @@ def _check_predicts(model, path: str) -> None:
         )
 
 
+def _check_reads_images(model, path: str) -> None:
+    if not _reads_images(model):
+        raise UsageError(
+            f"The model in {path} is a {type(model).__name__}, which does not read images: "
+            "`sktransfer predict` expects a fitted sktransfer estimator (FineTunedClassifier, "
+            "FineTunedRegressor) or a Pipeline whose first step is one (such as a "
+            "PretrainedFeatureExtractor followed by a classifier). Save the whole fitted "
+            "pipeline, not only its last step."
+        )
+
+
+def _reads_images(model) -> bool:
+    """Whether ``model`` takes images: an sktransfer estimator, a Pipeline whose first
+    step does, or a fitted search whose best estimator does."""
+    if isinstance(model, IMAGE_ESTIMATORS):
+        return True
+    steps = getattr(model, "steps", None)
+    if isinstance(steps, list) and steps:
+        return _reads_images(steps[0][1])
+    best = getattr(model, "best_estimator_", None)
+    return best is not None and _reads_images(best)
+
+
+def _task_names(model) -> list[str] | None:
+    """The names of the label columns that ``model`` (or a Pipeline's last step) keeps
+    from the DataFrame ``y`` it was fitted on (``task_names_``), or None."""
+    steps = getattr(model, "steps", None)
+    final = steps[-1][1] if isinstance(steps, list) and steps else model
+    names = getattr(final, "task_names_", None)
+    return None if names is None else [str(name) for name in names]
+
+
 def _override(model, batch_size, device) -> None:
     """Set ``batch_size`` and ``device`` (when given) on the sktransfer estimators of
     ``model`` (itself, or the steps of a Pipeline), moving fitted ones to ``device``."""
@@ -552,8 +639,12 @@ def _output_path(out: str, formats: tuple[str, ...]) -> Path:
     return path
 
 
-def _list_images(root: str) -> tuple[str, list[str]]:
-    paths = load_image_folder(root, labelled=False).paths.tolist()
+def _list_images(root: str, extensions: tuple[str, ...]) -> tuple[str, list[str]]:
+    try:
+        paths = load_image_folder(root, labelled=False, extensions=extensions).paths.tolist()
+    except NoImagesError as exc:  # the command line names its flag, not the parameter
+        option = "--extensions (such as --extensions .tif,.bmp)"
+        raise NoImagesError(exc.root, exc.extensions, exc.others, option) from None
     return os.path.abspath(root), paths
 
 
@@ -670,13 +761,15 @@ def _pyarrow():
 
 
 class _CsvRows:
-    """Predictions as CSV: ``path``, ``prediction`` (``prediction_<j>`` for 2-D ones),
-    then ``proba_<class>`` per class; the header is written with the first block."""
+    """Predictions as CSV: ``path``, ``prediction`` (for 2-D ones, the ``task_names``
+    when given and distinct, else ``prediction_<j>``), then ``proba_<class>`` per class;
+    the header is written with the first block."""
 
-    def __init__(self, path: str, classes):
+    def __init__(self, path: str, classes, task_names=None):
         self.file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
         self.csv = csv.writer(self.file)
         self.classes = classes
+        self.task_names = task_names
         self.header = None
 
     def write(self, paths: list[str], predictions: np.ndarray, proba=None) -> None:
@@ -695,6 +788,11 @@ class _CsvRows:
         else:
             names = [f"prediction_{j}" for j in range(predictions.shape[1])]
         probas = [] if self.classes is None else [f"proba_{c}" for c in self.classes]
+        tasks = self.task_names
+        if predictions.ndim == 2 and tasks is not None and len(tasks) == len(names):
+            others = ["path", *probas]
+            if len(set(tasks)) == len(tasks) and not set(tasks) & set(others):
+                names = tasks  # a column named "path" would make the file ambiguous
         return ["path", *names, *probas]
 
     def close(self) -> None:

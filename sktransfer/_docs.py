@@ -21,7 +21,8 @@ weights : "pretrained", None, path-like or fitted fine-tuner, default="pretraine
     initialisation, or a local checkpoint (such as a file of :meth:`save_weights`).
     A fitted :class:`FineTunedClassifier` or :class:`FineTunedRegressor` (bare, or
     in ``sklearn.frozen.FrozenEstimator`` to survive ``clone`` in searches) starts
-    from its fine-tuned backbone with a new head: sequential transfer.""",
+    from its fine-tuned backbone with a new head: sequential transfer (with the
+    preprocessing it was trained with, unless ``preprocessing`` states one).""",
     "freeze_depth": """\
 freeze_depth : int, float or "all", default=0
     How many of the backbone's block groups (timm's ``group_matcher(coarse=True)``:
@@ -30,8 +31,21 @@ freeze_depth : int, float or "all", default=0
     [0, 1] is a fraction of the groups, so one grid means the same on different
     architectures (``0.5`` freezes the lower half).""",
     "head_epochs": """\
-head_epochs : int, default=1
-    Epochs of the first stage (the new head on a frozen backbone).""",
+head_epochs : int or "converge", default=1
+    Epochs of the first stage (the new head on a frozen backbone). When that stage is
+    the whole fit (``freeze_depth="all"``, where it gets ``head_epochs + max_epochs``
+    epochs, or ``max_epochs=0``) and trains on cached pooled features (no ``augment``,
+    no ``mixup`` or ``cutmix``), it is solved to convergence instead, like
+    scikit-learn's ``LogisticRegressionCV`` (``Ridge`` for squared error): full-batch
+    L-BFGS on standardised features, with an L2 penalty on the head's weights chosen
+    among 8 values by 3-fold cross-validation, then refitted on every training image
+    (``lr``, ``weight_decay`` and ``drop_rate`` do not apply to it); the epochs then
+    only say whether the stage exists (more than 0), and ``history_`` holds one record
+    for it, with ``head_penalty`` and ``head_iterations``. Before a fine-tuning stage,
+    the head keeps its epochs: a converged head there made the fine-tune worse on
+    ELPV (``benchmarks/head_probe.py``). ``"converge"`` solves it there too (linear
+    probing, then fine-tuning: LP-FT), so a grid can compare ``[1, "converge"]``; it
+    needs the stage on cached pooled features, and raises otherwise.""",
     "max_epochs": """\
 max_epochs : int, default=4
     Epochs of the second stage (unfrozen groups and head).""",
@@ -83,7 +97,20 @@ tta : {None, "hflip", "flips"}, default=None
     "image_size": """\
 image_size : int or (int, int), default=None
     Override the model's input size (e.g. a low resolution for speed). The crop
-    fraction, interpolation and normalisation stay the model's.""",
+    fraction, interpolation and normalisation stay the model's (or those stated by
+    ``preprocessing``).""",
+    "preprocessing": """\
+preprocessing : dict, {"imagenet", "inception", "clip"} or None, default=None
+    The preprocessing the weights were trained with, in timm's data-config keys:
+    ``mean`` and ``std`` (one number per channel, pixels in [0, 1]),
+    ``interpolation`` (``"bilinear"``, ``"bicubic"``, ...), ``crop_pct`` (the
+    fraction kept by the centre crop) and ``crop_mode``; keys left out keep the
+    model's values. A preset name sets ``mean`` and ``std`` to timm's constants
+    (``"inception"``: 0.5 and 0.5). ``None``: the model's own. State it for a local
+    checkpoint loaded by tensor order (its key names differ, as in weights ported
+    from TensorFlow), which otherwise warns (``UnstatedPreprocessingWarning``): a
+    checkpoint fits any architecture of the same shapes, but not its preprocessing.
+    Recorded in ``data_config_``, model files and ONNX metadata; searchable in a grid.""",
     "validation_fraction": """\
 validation_fraction : float, default=0.0
     Fraction of the training data held out to score each epoch (stratified by class
@@ -116,12 +143,15 @@ verbose : bool, default=False
     "callbacks": """\
 callbacks : list of skorch callbacks or None, default=None
     Extra callbacks (instances, or ``(name, callback)`` pairs), added to every
-    stage.""",
+    stage trained by epochs. A head stage solved to convergence (see
+    ``head_epochs``) runs no callbacks.""",
     "memory": """\
 memory : str, path-like, joblib.Memory or None, default=None
     Folder of the per-image activation cache, shared with
     :class:`PretrainedFeatureExtractor` (same keys): frozen activations at each cut
-    point, and pooled features, are computed once per image across fits.""",
+    point, and pooled features, are computed once per image across fits. ``fit``
+    creates the folder; prediction uses it only where it exists, so a model loaded
+    elsewhere writes no folder of its own. A path naming a file raises.""",
     "cache_key": """\
 cache_key : {"stat", "content"}, default="stat"
     How the cache recognises an image file: ``"stat"`` trusts its absolute path,
@@ -179,6 +209,7 @@ GROUPS = {
         "ema",
         "tta",
         "image_size",
+        "preprocessing",
         "validation_fraction",
         "early_stopping",
         "drop_rate",

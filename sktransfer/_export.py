@@ -21,6 +21,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from ._params import validate_params
 from ._state import versions
 
 METADATA_KEY = "sktransfer"
@@ -55,6 +56,7 @@ class ExportsOnnx(ABC):
         path : pathlib.Path
         """
         check_is_fitted(self)
+        validate_params(self, ("tta",))  # the one parameter the graph reads
         network, output, metadata = self._onnx_network()
         return export_onnx(
             network,

@@ -11,12 +11,13 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils.validation import check_is_fitted
 
 from . import _backbone
+from ._cache import create_folder, existing_memory
 from ._device import resolve_device, resolve_precision
 from ._docs import compose
 from ._export import ExportsOnnx
 from ._images import as_images
 from ._inference import run_batches
-from ._params import HasMethods, Interval, Options, validate_params
+from ._params import CALL_PARAMETERS, HasMethods, Interval, Options, validate_params
 from ._rows import cached_rows, namespace
 from ._state import StoredAsData, swap_in
 
@@ -56,6 +57,7 @@ class PretrainedFeatureExtractor(
         averages intermediate blocks. ``"token"`` takes the class token of models that
         have one (vision transformers).
     {{image_size}}
+    {{preprocessing}}
     batch_size : int, default=32
         Images per forward pass.
     {{device}}
@@ -65,6 +67,8 @@ class PretrainedFeatureExtractor(
         Threads that decode and preprocess images while the model runs.
     memory : str, path-like, joblib.Memory or None, default=None
         Folder of the per-image embedding cache (see the user guide). ``None``: no cache.
+        ``fit`` creates the folder; ``transform`` uses it only where it exists, so a
+        model loaded elsewhere creates none (see Serving). A file is refused.
     {{cache_key}}
     verbose : bool, default=False
         Show a progress bar while embedding.
@@ -109,6 +113,7 @@ class PretrainedFeatureExtractor(
         "layer": [None, Options({"logits"}), Integral, list, tuple],
         "pooling": [None, Options(set(_backbone.POOLINGS))],
         "image_size": [None, Interval(Integral, 1, None, closed="left"), tuple, list],
+        "preprocessing": [None, Options(set(_backbone.PREPROCESSING_PRESETS)), dict],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "device": [str, torch.device],
         "precision": [Options(set(PRECISIONS))],
@@ -126,6 +131,7 @@ class PretrainedFeatureExtractor(
         layer=None,
         pooling=None,
         image_size=None,
+        preprocessing=None,
         batch_size=32,
         device="auto",
         precision="auto",
@@ -139,6 +145,7 @@ class PretrainedFeatureExtractor(
         self.layer = layer
         self.pooling = pooling
         self.image_size = image_size
+        self.preprocessing = preprocessing
         self.batch_size = batch_size
         self.device = device
         self.precision = precision
@@ -163,6 +170,7 @@ class PretrainedFeatureExtractor(
         self : PretrainedFeatureExtractor
         """
         validate_params(self)
+        create_folder(self.memory)  # prediction uses the cache only where its folder exists
         if X is not None:
             as_images(X, key=self.cache_key)  # validate early; files are checked to exist
         layer, pooling = _copy_layer(self.layer), self.pooling
@@ -172,6 +180,7 @@ class PretrainedFeatureExtractor(
             self.weights,
             pooling=pooling if blocks is None else None,
             image_size=self.image_size,
+            preprocessing=self.preprocessing,
         )
         self._check_backbone(backbone, blocks)
         device = resolve_device(self.device)
@@ -181,7 +190,7 @@ class PretrainedFeatureExtractor(
             "device_": device,
             "precision_": resolve_precision(self.precision, device),
             "backbone_": _to_device(backbone, device),
-            "data_config_": _backbone.data_config(backbone, self.image_size),
+            "data_config_": _backbone.data_config(backbone, self.image_size, self.preprocessing),
             "weights_fingerprint_": _backbone.weights_fingerprint(backbone),
         }
         probe = torch.zeros(1, *fitted["data_config_"]["input_size"], device=device)
@@ -205,13 +214,15 @@ class PretrainedFeatureExtractor(
         embeddings : ndarray of shape (n_images, n_features_out_), dtype float32
         """
         check_is_fitted(self)
+        validate_params(self, CALL_PARAMETERS)
         source = as_images(X, key=self.cache_key)
         positions = np.arange(len(source))
 
         def compute(rows, allocate, on_rows=None):
             return self._embed(source, positions[rows], on_rows)
 
-        return cached_rows(self._cache_namespace(), source, positions, compute, memory=self.memory)
+        memory = existing_memory(self.memory)  # never creates a folder: see docs/serving.md
+        return cached_rows(self._cache_namespace(), source, positions, compute, memory=memory)
 
     def _embed(self, source, positions, on_rows=None) -> np.ndarray:
         """Run the backbone on the images at ``positions`` (the only place that does)."""

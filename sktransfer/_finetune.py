@@ -25,6 +25,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from . import _backbone
+from ._cache import existing_memory
 from ._device import resolve_device, resolve_precision
 from ._export import ExportsOnnx
 from ._finetuning import (
@@ -49,9 +50,23 @@ from ._finetuning._predict import (
     outputs_of_images,
 )
 from ._images import as_images
-from ._params import HasMethods, Interval, Options, parse_bytes, validate_params
+from ._params import (
+    CALL_PARAMETERS,
+    HasMethods,
+    Interval,
+    Options,
+    parse_bytes,
+    validate_params,
+)
 from ._state import StoredAsData, swap_in
-from ._targets import Targets, check_sample_weight, split_domains, take_rows
+from ._targets import (
+    Targets,
+    check_sample_weight,
+    source_weights,
+    split_domains,
+    take_rows,
+    training_weights,
+)
 
 
 class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
@@ -71,7 +86,7 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
             Interval("real_not_int", 0, 1, closed="both"),
             Options({"all"}),
         ],
-        "head_epochs": [Interval(Integral, 0, None, closed="left")],
+        "head_epochs": [Interval(Integral, 0, None, closed="left"), Options({"converge"})],
         "max_epochs": [Interval(Integral, 0, None, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "layer_decay": [Interval(Real, 0, 1, closed="right")],
@@ -83,6 +98,7 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
         "ema": [None, Interval(Real, 0, 1, closed="neither")],
         "tta": [None, Options(set(TTA_VIEWS) - {None})],
         "image_size": [None, Interval(Integral, 1, None, closed="left"), tuple, list],
+        "preprocessing": [None, Options(set(_backbone.PREPROCESSING_PRESETS)), dict],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "early_stopping": [None, Interval(Integral, 1, None, closed="left")],
         "drop_rate": [Interval(Real, 0, 1, closed="left")],
@@ -162,8 +178,9 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
         validate_params(self)
         source = as_images(X, key=self.cache_key)
         weights = check_sample_weight(sample_weight, len(source))
+        n_images = len(source)
         source, y, weights, target = self._split_domains(source, y, weights, sample_domain)
-        targets = self._encode_targets(y, len(source), weights)
+        targets = self._encoded_source_targets(y, len(source), weights, n_images)
         self._check_combinations(targets, weights)
         device = resolve_device(self.device)
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
@@ -173,10 +190,9 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
             backbone.to(device)
             groups = _backbone.block_groups(backbone)
             frozen_groups = self._resolve_freeze_depth(len(groups))
-            cfg = _backbone.data_config(backbone, self.image_size)
+            cfg = _backbone.data_config(backbone, self.image_size, self._preprocessing())
             train_idx, valid_idx = self._split(targets.stratify, len(source), seed)
-            if weights is not None:
-                weights = weights / weights[train_idx].mean()
+            weights = training_weights(weights, train_idx, len(valid_idx))
             data = TrainingData(
                 source, targets.y, train_idx, valid_idx, cfg, targets.n_outputs, weights, target
             )
@@ -191,6 +207,7 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
             "backbone_": result.backbone,
             "device_": device,
             "history_": result.history,
+            "precision_": resolve_precision(self.precision, device),
             "n_groups_": len(groups),
             "frozen_groups_": frozen_groups,
             "data_config_": cfg,
@@ -220,8 +237,22 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
         if len(target_rows) == 0:
             return source, y, weights, None
         target = source.subset(target_rows) if self.domain_adaptation is not None else None
-        weights = None if weights is None else weights[source_rows]
+        weights = source_weights(weights, source_rows, len(target_rows))
         return source.subset(source_rows), take_rows(y, source_rows), weights, target
+
+    def _encoded_source_targets(self, y, n_source: int, weights, n_images: int) -> Targets:
+        """:meth:`_encode_targets` of the source rows; an error says when target rows
+        were set aside first, since its counts and indices are then the source's."""
+        try:
+            return self._encode_targets(y, n_source, weights)
+        except ValueError as exc:
+            if n_source == n_images:
+                raise
+            raise ValueError(
+                f"{exc} (Only the {n_source} labelled source images are encoded: the "
+                f"{n_images - n_source} target images, marked by sample_domain < 0 or a label "
+                "of -1 / NaN, were set aside first, and indices count source images only.)"
+            ) from exc
 
     def _start_backbone(self, n_outputs: int, seed: int, adaptation):
         """The starting backbone with a new head of ``n_outputs``, and what names its
@@ -232,6 +263,7 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
             image_size=self.image_size,
             drop_rate=self.drop_rate,
             seed=seed,
+            preprocessing=self._preprocessing(),
         )
         identity = self._cache_identity(backbone, adaptation)
         _backbone.reset_head(backbone, n_outputs)
@@ -254,6 +286,16 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
                 "fitted.save_weights(path) instead."
             )
         return donor.backbone_.state_dict()
+
+    def _preprocessing(self):
+        """``preprocessing``, or, when it is None and the fit starts from a fitted
+        fine-tuner, the preprocessing that fine-tuner's weights were trained with."""
+        donor = self.weights
+        if isinstance(donor, FrozenEstimator):
+            donor = donor.estimator
+        if self.preprocessing is not None or not hasattr(donor, "data_config_"):
+            return self.preprocessing
+        return {k: v for k, v in donor.data_config_.items() if k != "input_size"}
 
     def save_weights(self, path):
         """Save the fine-tuned backbone's weights (head included) to a file.
@@ -289,6 +331,7 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
                 self.optimizer,
                 self.weight_decay,
                 self.early_stopping,
+                converge_head=self.head_epochs == "converge",
             ),
             objective=self._objective(targets, data),
             runtime=Runtime(
@@ -312,15 +355,16 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
     def _stages(self, backbone, groups, frozen_groups) -> tuple[Stage, ...]:
         """The head stage, then the unfrozen groups at layer-wise decaying rates."""
         head_only = (tuple(_backbone.classifier_names(backbone)), self.lr)
+        head_epochs = 1 if self.head_epochs == "converge" else self.head_epochs
         if frozen_groups == len(groups):
-            return (Stage("head", (head_only,), self.head_epochs + self.max_epochs),)
+            return (Stage("head", (head_only,), head_epochs + self.max_epochs),)
         lr_groups = tuple(
             (tuple(names), self.lr * self.layer_decay ** (len(groups) - g))
             for g, names in enumerate(groups)
             if g >= frozen_groups
         )
         return (
-            Stage("head", (head_only,), self.head_epochs),
+            Stage("head", (head_only,), head_epochs),
             Stage("finetune", (*lr_groups, head_only), self.max_epochs),
         )
 
@@ -376,11 +420,12 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
 
     def _predict_outputs(self, X, activation) -> np.ndarray:
         """``activation`` of the network's outputs for images ``X``, averaged over the
-        ``tta`` views; from the cached frozen rows when ``memory`` was set at fit."""
+        ``tta`` views; from the cached frozen rows when ``memory`` was set at fit (the
+        cache used only where its folder exists: prediction never creates one)."""
         check_is_fitted(self)
+        validate_params(self, CALL_PARAMETERS)
         source = as_images(X, key=self.cache_key)
-        precision = resolve_precision(self.precision, self.device_)
-        run = dict(batch_size=self.batch_size, device=self.device_, precision=precision)
+        run = dict(batch_size=self.batch_size, device=self.device_, precision=self.precision_)
         if self.memory is not None and self.cache_identity_ and self.tta is None:
             return outputs_from_frozen_rows(
                 self.backbone_,
@@ -389,7 +434,7 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
                 frozen=self._frozen_names(),
                 head_only=self.frozen_groups_ == self.n_groups_,
                 cfg=self.data_config_,
-                caching=Caching(self.memory, self.cache_identity_),
+                caching=Caching(existing_memory(self.memory), self.cache_identity_),
                 num_workers=self.num_workers,
                 **run,
             )
@@ -402,6 +447,11 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
             verbose=bool(self.verbose),
             **run,
         )
+
+    def _placed_on(self, state: dict, device) -> dict:
+        """Loaded (or moved) onto ``device``, the precision is resolved for it."""
+        placed = super()._placed_on(state, device)
+        return {**placed, "precision_": resolve_precision(state["precision"], device)}
 
     def _onnx_network(self):
         network = ViewAverage(self.backbone_, TTA_VIEWS[self.tta], self._output_activation())

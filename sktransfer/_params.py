@@ -159,8 +159,16 @@ def _describe(constraint) -> str:
     return str(constraint)
 
 
-def validate_params(estimator) -> None:
-    """Check every parameter of ``estimator`` against its ``_param_constraints``.
+# What prediction and transform read of the parameters, validated at each call: how a
+# call runs (never what it returns), the cache, and ``tta``, a choice of each call. Every
+# other parameter is read by ``fit`` only: set after ``fit``, it changes nothing until
+# the next fit.
+CALL_PARAMETERS = ("batch_size", "num_workers", "verbose", "memory", "cache_key", "tta")
+
+
+def validate_params(estimator, names=None) -> None:
+    """Check every parameter of ``estimator`` (or those of ``names``) against its
+    ``_param_constraints``.
 
     Raises
     ------
@@ -169,6 +177,8 @@ def validate_params(estimator) -> None:
     """
     params = estimator.get_params(deep=False)
     for name, constraints in estimator._param_constraints.items():
+        if names is not None and name not in names:
+            continue
         value = params[name]
         if any(_satisfies(c, value) for c in constraints):
             continue

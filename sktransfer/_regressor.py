@@ -84,6 +84,7 @@ cache_identity_
         ema=None,
         tta=None,
         image_size=None,
+        preprocessing=None,
         validation_fraction=0.0,
         early_stopping=None,
         drop_rate=0.0,

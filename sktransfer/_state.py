@@ -15,6 +15,7 @@ file saved with other versions warns (:class:`InconsistentVersionWarning`) when 
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Mapping
 
@@ -72,6 +73,7 @@ class StoredAsData:
         return to_data(super().__getstate__())
 
     def __setstate__(self, state):
+        state = {**_parameter_defaults(type(self)), **state}  # parameters added since
         device = _device_to_load_on(state)
         state = from_data(state, type(self).__name__, device)
         if "backbone_" in state:
@@ -104,6 +106,17 @@ class StoredAsData:
     def _placed_on(self, state: dict, device) -> dict:
         """The loaded fitted state, adjusted to run on ``device``."""
         return {**state, "device_": device}
+
+
+def _parameter_defaults(cls) -> dict:
+    """The default of each parameter of ``cls``: what a file saved before a parameter
+    existed gets for it (the behaviour it was saved with)."""
+    signature = inspect.signature(cls.__init__)
+    return {
+        name: p.default
+        for name, p in signature.parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 def swap_in(estimator, fitted: Mapping) -> None:

@@ -74,8 +74,19 @@ def _multitask_targets(y, rows: np.ndarray, task_weights, label_smoothing) -> Ta
         np.stack(codes, axis=1).astype(np.int64),
         sum(sizes),
         MultiTask(sizes, _task_weights(task_weights, names), label_smoothing),
-        attributes={"classes_": classes, "multilabel_": False, "multitask_": True},
+        attributes={
+            "classes_": classes,
+            "multilabel_": False,
+            "multitask_": True,
+            "task_names_": _task_names(y),
+        },
     )
+
+
+def _task_names(y) -> np.ndarray | None:
+    """The column names of a DataFrame ``y``, as strings (None for an array)."""
+    columns = getattr(y, "columns", None)
+    return None if columns is None else np.asarray([str(c) for c in columns], dtype=object)
 
 
 def _column_names(y, n_columns) -> list[str]:
@@ -127,9 +138,14 @@ def regression_targets(y, n_images, loss: str, sample_weight=None) -> Targets:
     sample weights (a zero-weight image does not move the scale; a constant column keeps
     a scale of 1)."""
     values = _real_matrix(y, n_images)
-    mean = np.average(values, axis=0, weights=sample_weight)
-    scale = np.sqrt(np.average((values - mean) ** 2, axis=0, weights=sample_weight))
-    scale[scale == 0] = 1.0
+    # Moments of values divided by their largest magnitude, so that squares of targets
+    # near 1e300 do not overflow (the scale is multiplied back after).
+    magnitude = np.abs(values).max(axis=0)
+    magnitude[magnitude == 0] = 1.0
+    unit = values / magnitude
+    mean = np.average(unit, axis=0, weights=sample_weight)
+    scale = np.sqrt(np.average((unit - mean) ** 2, axis=0, weights=sample_weight))
+    mean, scale = mean * magnitude, np.where(scale == 0, 1.0, scale * magnitude)
     return Targets(
         ((values - mean) / scale).astype(np.float32),
         values.shape[1],
@@ -147,6 +163,12 @@ def _real_matrix(y, n_images) -> np.ndarray:
     if y is None:
         raise ValueError("FineTunedRegressor needs targets: y is None.")
     _target_array(y)
+    if np.iscomplexobj(y):
+        raise ValueError(
+            "y holds complex numbers; FineTunedRegressor fits real targets. Pass the real "
+            "and imaginary parts as two output columns (np.column_stack([y.real, y.imag])), "
+            "or the magnitude (np.abs(y))."
+        )
     try:
         values = np.asarray(y, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -322,9 +344,42 @@ def check_sample_weight(sample_weight, n_images):
             f"sample_weight contains negative values (first at index {bad[0]}: "
             f"{w[bad[0]]:g}); weights must be >= 0."
         )
-    if not w.sum() > 0:
+    if not w.max() > 0:
         raise ValueError("sample_weight sums to zero: at least one image must have weight > 0.")
-    return w
+    return w / w.max()  # relative weights are what count; 1e308 would overflow a sum
+
+
+def training_weights(weights, train_idx, n_validation: int):
+    """``weights`` scaled to a mean of 1 over the training rows ``train_idx``; raises
+    when every training image has weight 0 (the others being the ``n_validation``
+    images held out for validation)."""
+    if weights is None:
+        return None
+    mean = weights[train_idx].mean()
+    if not mean > 0:
+        raise ValueError(
+            f"sample_weight is 0 on every one of the {len(train_idx)} training images: the "
+            f"images with weight > 0 are all among the {n_validation} held out for "
+            "validation, so nothing would train. Give training images a weight > 0, or set "
+            "validation_fraction=0."
+        )
+    return weights / mean
+
+
+def source_weights(weights, source_rows: np.ndarray, n_target: int):
+    """``weights`` of the labelled source rows; raises when they are all 0 (the weight
+    being on the ``n_target`` unlabelled target images, whose weights are not used)."""
+    if weights is None:
+        return None
+    weights = weights[source_rows]
+    if not weights.max() > 0:
+        raise ValueError(
+            f"sample_weight is 0 on every one of the {len(source_rows)} labelled source "
+            f"images: the images with weight > 0 are all among the {n_target} unlabelled "
+            "target images (sample_domain < 0, or a label of -1 / NaN), whose weights are "
+            "not used. Give source images a weight > 0."
+        )
+    return weights
 
 
 def _check_labels(y, n_images) -> np.ndarray:

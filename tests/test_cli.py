@@ -16,6 +16,7 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+import pandas as pd
 import pytest
 from _finetune_fixtures import colour_images, tiny
 from conftest import (
@@ -26,10 +27,15 @@ from conftest import (
     save_images,
     tiny_extractor,
 )
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from sktransfer import PretrainedFeatureExtractor
 from sktransfer._cli import _extractor_params, _override, build_parser, main
-from sktransfer.datasets import load_image_folder
+from sktransfer.datasets import IMAGE_EXTENSIONS, load_image_folder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -47,6 +53,7 @@ EMBED_OPTIONS = [
     "--batch-size",
     "--device",
     "--cache",
+    "--extensions",
     "--dask-scheduler",
     "--dask-timeout",
     "--chunk-size",
@@ -54,6 +61,7 @@ EMBED_OPTIONS = [
 ]
 PREDICT_OPTIONS = [
     "--out",
+    "--extensions",
     "--batch-size",
     "--device",
     "--dask-scheduler",
@@ -94,6 +102,14 @@ def reference(tiny_checkpoint, paths):
 def classifier():
     y = np.array([0, 1] * 8)
     return tiny(max_epochs=2).fit(colour_images(y, seed=1), CLASS_NAMES[y])
+
+
+@pytest.fixture(scope="module")
+def two_label_columns():
+    """Images and a DataFrame of two label columns: colour (3 classes), warmth (2)."""
+    colour = np.arange(18) % 3
+    warmth = np.array(["warm", "cold", "cold"])[colour]
+    return colour_images(colour), pd.DataFrame({"colour": colour, "warmth": warmth})
 
 
 def embed_args(root, out, checkpoint, *extra):
@@ -146,9 +162,15 @@ class TestOptions:
         args = build_parser().parse_args(["embed", "r", "--out", "e.npy"])
         defaults = PretrainedFeatureExtractor().get_params()
         got = _extractor_params(args)
-        assert len(got) == 8
+        assert len(got) == 9
         assert got == {name: defaults[name] for name in got}
         assert (args.chunk_size, args.dask_timeout, args.no_progress) == (256, 10.0, False)
+        assert args.extensions == IMAGE_EXTENSIONS
+
+    @pytest.mark.parametrize("command", [["embed"], ["predict", "model.pkl"]], ids=str)
+    def test_extensions_are_comma_separated_endings(self, command):
+        options = ["r", "--out", "o.csv", "--extensions", ".tif, .BMP"]
+        assert build_parser().parse_args([*command, *options]).extensions == (".tif", ".BMP")
 
     @pytest.mark.parametrize(
         "option, value, message",
@@ -160,6 +182,8 @@ class TestOptions:
             ("--chunk-size", "2.5", "expected an integer >= 1"),
             ("--dask-timeout", "-1", "expected a number of seconds > 0"),
             ("--pooling", "mean", "invalid choice"),
+            ("--extensions", "tif,.bmp", "expected file name endings with their dot"),
+            ("--extensions", ".tif,", "expected file name endings with their dot"),
         ],
     )
     def test_invalid_values_exit_2_with_a_message(self, option, value, message, capsys):
@@ -192,6 +216,13 @@ class TestOptions:
         with pytest.raises(SystemExit):
             main(["predict", "--help"])
         assert "only load files you trust" in " ".join(capsys.readouterr().out.split())
+
+    def test_predict_help_names_the_columns_of_several_outputs(self, capsys):
+        with pytest.raises(SystemExit):
+            main(["predict", "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "named after the label columns when the model was fitted on a DataFrame y" in text
+        assert "else prediction_0, prediction_1, ..." in text
 
 
 def test_console_script_help():
@@ -267,12 +298,43 @@ class TestEmbed:
         np.testing.assert_array_equal(np.load(random), reference[1])
         assert not np.allclose(expected, reference[1])
 
+    @pytest.mark.parametrize(
+        "stated", ["inception", '{"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}']
+    )
+    def test_preprocessing_preset_or_json(self, stated, root, paths, tiny_checkpoint, tmp_path):
+        out = tmp_path / "stated.npy"
+        assert main(embed_args(root, out, tiny_checkpoint, "--preprocessing", stated)) == 0
+        extractor = tiny_extractor(
+            weights=tiny_checkpoint, batch_size=CHUNK, preprocessing="inception"
+        )
+        np.testing.assert_array_equal(np.load(out), extractor.fit().transform(list(paths)))
+
+    @pytest.mark.parametrize("bad", ["tf", "[0.5]", '{"mean": 0.5'])
+    def test_preprocessing_that_is_no_preset_or_object(self, bad, root, tmp_path, capsys):
+        with pytest.raises(SystemExit) as exit_:
+            main(["embed", str(root), "--out", str(tmp_path / "e.npy"), "--preprocessing", bad])
+        assert exit_.value.code == 2
+        assert "expected one of ['clip', 'imagenet', 'inception'] or a JSON object" in (
+            capsys.readouterr().err
+        )
+
     def test_layer_list_concatenates_blocks(self, root, tiny_checkpoint, tmp_path):
         out = tmp_path / "blocks.npy"
         assert main(embed_args(root, out, tiny_checkpoint, "--layer", "1,2")) == 0
         width = tiny_extractor(layer=[1, 2]).fit().n_features_out_
         assert np.load(out).shape == (14, width)
         assert width != 256
+
+    def test_extensions_flag_lists_other_kinds_of_files(self, tiny_checkpoint, tmp_path):
+        folder = tmp_path / "scans"
+        save_images(colour_images(LABELS[:2]), folder)  # 0.png and 1.png: not listed
+        for i, image in enumerate(colour_images(LABELS[2:5], seed=3)):
+            Image.fromarray(image).save(folder / f"{i}.TIF")
+        out = tmp_path / "scans.npy"
+        assert main(embed_args(folder, out, tiny_checkpoint, "--extensions", ".tif,.bmp")) == 0
+        tifs = [folder / f"{i}.TIF" for i in range(3)]
+        expected = tiny_extractor(weights=tiny_checkpoint, batch_size=CHUNK).fit().transform(tifs)
+        np.testing.assert_array_equal(np.load(out), expected)
 
     def test_cache_is_filled_then_read(
         self, root, reference, tiny_checkpoint, tmp_path, embed_calls
@@ -340,6 +402,71 @@ class TestPredict:
         err = capsys.readouterr().err
         assert "no predict method" in err and "sktransfer embed" in err
 
+    @pytest.mark.parametrize(
+        "model, suffix",
+        [
+            (LogisticRegression(), ".joblib"),
+            (make_pipeline(StandardScaler(), LogisticRegression()), ".skops"),
+        ],
+        ids=["LogisticRegression", "Pipeline"],
+    )
+    def test_a_model_that_reads_no_images_is_refused(self, model, suffix, root, tmp_path, capsys):
+        model.fit(np.random.default_rng(0).normal(size=(10, 3)), [0, 1] * 5)
+        model_file = tmp_path / f"plain{suffix}"
+        if suffix == ".skops":
+            pytest.importorskip("skops.io").dump(model, model_file)
+        else:
+            joblib.dump(model, model_file)
+        out = tmp_path / "p.csv"
+        assert main(["predict", str(model_file), str(root), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(
+            f"sktransfer: error: The model in {model_file} is a {type(model).__name__}, "
+            "which does not read images: `sktransfer predict` expects a fitted sktransfer "
+            "estimator (FineTunedClassifier, FineTunedRegressor) or a Pipeline whose first "
+            "step is one"
+        )
+        assert "Traceback" not in err and not out.exists()
+
+    @pytest.mark.parametrize("search", [False, True], ids=["Pipeline", "GridSearchCV"])
+    def test_a_probe_pipeline_or_a_search_over_one_predicts(
+        self, search, tiny_checkpoint, root, paths, tmp_path
+    ):
+        pipe = make_pipeline(tiny_extractor(weights=tiny_checkpoint), LogisticRegression())
+        if search:
+            pipe = GridSearchCV(pipe, {"logisticregression__C": [1.0]}, cv=2)
+        pipe.fit(list(paths), CLASS_NAMES[np.arange(len(paths)) % 2])
+        model_file, out = tmp_path / "probe.joblib", tmp_path / "p.csv"
+        joblib.dump(pipe, model_file)
+        assert main(["predict", str(model_file), str(root), "--out", str(out)]) == 0
+        rows = read_csv(out)
+        assert list(rows[0]) == ["path", "prediction", "proba_green", "proba_red"]
+        assert [r["prediction"] for r in rows] == pipe.predict(list(paths)).tolist()
+
+    def test_several_label_columns_of_an_array_y(self, two_label_columns, root, paths, tmp_path):
+        X, frame = two_label_columns
+        classifier = tiny(max_epochs=1).fit(X, frame.to_numpy().astype(str))
+        model_file, out = tmp_path / "multitask.joblib", tmp_path / "p.csv"
+        joblib.dump(classifier, model_file)
+        assert main(["predict", str(model_file), str(root), "--out", str(out)]) == 0
+        rows = read_csv(out)
+        assert list(rows[0]) == ["path", "prediction_0", "prediction_1"]
+        expected = classifier.predict(list(paths))
+        assert [[r["prediction_0"], r["prediction_1"]] for r in rows] == expected.tolist()
+
+    def test_several_label_columns_named_after_a_dataframe_y(
+        self, two_label_columns, root, paths, tmp_path
+    ):
+        X, frame = two_label_columns
+        classifier = tiny(max_epochs=1).fit(X, frame)
+        model_file, out = tmp_path / "multitask.joblib", tmp_path / "p.csv"
+        joblib.dump(classifier, model_file)
+        assert main(["predict", str(model_file), str(root), "--out", str(out)]) == 0
+        rows = read_csv(out)
+        assert list(rows[0]) == ["path", "colour", "warmth"]
+        expected = classifier.predict(list(paths)).astype(str)
+        assert [[r["colour"], r["warmth"]] for r in rows] == expected.tolist()
+
     def test_unknown_model_suffix(self, root, tmp_path, capsys):
         model_file = tmp_path / "model.bin"
         model_file.write_bytes(b"not a model")
@@ -398,6 +525,24 @@ class TestErrors:
         args = ["embed", str(tmp_path / "empty"), "--out", str(tmp_path / "e.npy")]
         assert main(args) == 2
         assert capsys.readouterr().err.startswith("sktransfer: error: No images in")
+
+    @pytest.mark.parametrize("command", ["embed", "predict"])
+    def test_no_images_names_the_extensions_flag(self, command, tmp_path, capsys):
+        folder = tmp_path / "scans"
+        folder.mkdir()
+        (folder / "a.jp2").write_bytes(b"a kind of image not listed by default")
+        model = tmp_path / "model.pkl"
+        model.write_bytes(b"never loaded: the folder is listed first")
+        if command == "embed":
+            args = ["embed", str(folder), "--out", str(tmp_path / "out.npy")]
+        else:
+            args = ["predict", str(model), str(folder), "--out", str(tmp_path / "out.csv")]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"sktransfer: error: No images in {folder}: ")
+        assert "found 1 files with other extensions such as 'a.jp2'" in err
+        assert "Pass --extensions (such as --extensions .tif,.bmp) to list other kinds" in err
+        assert "extensions=" not in err
 
     def test_estimator_parameter_errors_exit_2(self, root, tiny_checkpoint, tmp_path, capsys):
         out = tmp_path / "e.npy"

@@ -214,6 +214,7 @@ class TestEstimatorAPI:
             "layer": "helloworld",
             "pooling": "helloworld",
             "image_size": -3,
+            "preprocessing": {"mean": "grey"},
             "batch_size": 0,
             "device": "tpu:7",
             "precision": "float8",

@@ -408,7 +408,10 @@ def test_onnx_of_real_imagenet_weights_on_real_cells(lite0_weights, elpv_subset,
     300 x 300 ELPV files: the recorded preprocessing is all a service needs."""
     paths, _, _ = elpv_subset(4, seed=0)
     extractor = PretrainedFeatureExtractor(
-        "tf_efficientnet_lite0", weights=str(lite0_weights), image_size=96
+        "tf_efficientnet_lite0",
+        weights=str(lite0_weights),
+        image_size=96,
+        preprocessing={"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},  # the TF port's
     ).fit()
     images = [Image.open(p) for p in paths]
     got, meta = run_onnx(extractor.export_onnx(tmp_path / "lite0.onnx"), images)

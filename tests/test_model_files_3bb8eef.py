@@ -60,6 +60,10 @@ def test_loads_and_predicts_as_when_saved(name, suffix, expected):
     model = load(FILES / f"{name}{suffix}")
     assert type(model) is MODELS[name]
     X = expected["X"]
+    estimator = model[0] if name == "probe" else model
+    # parameters added since 3bb8eef take their defaults: the behaviour it was saved with
+    assert estimator.get_params()["preprocessing"] is None
+    assert estimator.precision_ == "float32"
 
     assert_same_outputs(model.predict(X), expected[f"{name}.predict"])
     if name == "regressor":
