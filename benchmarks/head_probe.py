@@ -55,9 +55,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from sweep_defaults import MODEL, PREPROCESSING, WEIGHTS
+from sweep_defaults import feature_extractor
 
-from sktransfer import PretrainedFeatureExtractor
 from sktransfer._finetuning import _loop
 
 IMAGE_SIZE = 128
@@ -70,13 +69,7 @@ DEPTHS = (0, 0.5)
 def probe(split, seed) -> dict:
     X_train, y_train, X_test, y_test = split
     start = time.perf_counter()
-    extractor = PretrainedFeatureExtractor(
-        MODEL,
-        weights=WEIGHTS,
-        image_size=IMAGE_SIZE,
-        preprocessing=PREPROCESSING,
-        memory=str(CACHE),
-    ).fit(X_train)
+    extractor = feature_extractor(IMAGE_SIZE, memory=str(CACHE)).fit(X_train)
     model = make_pipeline(
         StandardScaler(),
         LogisticRegressionCV(

