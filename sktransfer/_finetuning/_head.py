@@ -44,6 +44,7 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from torch import nn
 
 from .. import _backbone
+from ._objectives import mean_loss
 
 INVERSE_PENALTIES = tuple(float(c) for c in np.logspace(-4, 3, 8))  # C, strong to weak
 FOLDS = 3
@@ -236,13 +237,8 @@ def fit_linear(rows: Rows, criterion, penalty: float, start: Solution) -> Soluti
 
 
 def _loss(rows: Rows, solution: Solution, criterion) -> torch.Tensor:
-    """The mean over rows of each one's weighted loss (as the stepped stages have it)."""
-    loss = criterion(solution.logits(rows.x), rows.y)
-    if loss.ndim > 1:  # one loss per label of multilabel targets
-        loss = loss.mean(dim=tuple(range(1, loss.ndim)))
-    if rows.w is not None:
-        loss = loss * rows.w
-    return loss.mean()
+    """The mean over rows of each one's weighted loss, as the stepped stages have it."""
+    return mean_loss(criterion(solution.logits(rows.x), rows.y), rows.w)
 
 
 def _folds(rows: Rows, objective) -> list | None:

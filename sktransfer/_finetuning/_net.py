@@ -17,6 +17,7 @@ from .. import _backbone
 from .._device import autocast
 from ._batchnorm import BATCHNORMS
 from ._callbacks import Accuracy, StageName, warmup_cosine
+from ._objectives import mean_loss
 
 OPTIMIZERS = {
     "adamw": torch.optim.AdamW,
@@ -272,12 +273,11 @@ class TransferNet(NeuralNet):
         return {"loss": loss, "y_pred": logits}
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
-        loss = self.criterion_(y_pred, to_tensor(y_true, device=self.device))
-        if loss.ndim > 1:  # one loss per label of multilabel targets
-            loss = loss.mean(dim=tuple(range(1, loss.ndim)))
+        losses = self.criterion_(y_pred, to_tensor(y_true, device=self.device))
+        weight = None
         if isinstance(X, Mapping) and "sample_weight" in X:
-            loss = loss * to_tensor(X["sample_weight"], device=self.device).to(loss.dtype)
-        return loss.mean()
+            weight = to_tensor(X["sample_weight"], device=self.device)
+        return mean_loss(losses, weight)
 
     def initialize_optimizer(self, triggered_directly=None):
         kwargs = self.get_params_for("optimizer")

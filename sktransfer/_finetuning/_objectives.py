@@ -179,6 +179,16 @@ class MultiTaskCrossEntropy(nn.Module):
         return torch.stack(losses, dim=1).sum(dim=1)
 
 
+def mean_loss(losses: torch.Tensor, sample_weight: torch.Tensor | None) -> torch.Tensor:
+    """The mean over images of a criterion's losses (one per image, or one per label of
+    each image: averaged first), each weighted by its ``sample_weight`` (None: 1)."""
+    if losses.ndim > 1:
+        losses = losses.mean(dim=tuple(range(1, losses.ndim)))
+    if sample_weight is not None:
+        losses = losses * sample_weight.to(losses.dtype)
+    return losses.mean()
+
+
 def softmax_entropy(logits):
     """Per image: the entropy of the softmax of its logits."""
     log_p = torch.log_softmax(logits, dim=1)
