@@ -58,7 +58,6 @@ import io
 import json
 import os
 import uuid
-import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +66,7 @@ import numpy as np
 
 from . import _locks
 from ._params import InvalidParameterError
+from ._warnings import warn
 
 SHARD_SUFFIX = ".npz"
 DAMAGED_SUFFIX = ".damaged"
@@ -227,9 +227,7 @@ class EmbeddingCache:
 
     def _can_write(self, n_rows: int) -> bool:
         if self._writable is None:
-            existing = self.folder
-            while not existing.exists() and existing != existing.parent:
-                existing = existing.parent
+            existing = _nearest_existing(self.folder)
             self._writable = os.access(existing, os.W_OK | os.X_OK)
             if not self._writable:
                 self._read_only(PermissionError(f"{existing} is not writable"), n_rows)
@@ -440,12 +438,17 @@ def create_folder(memory) -> None:
         )
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path``, or its nearest parent that exists (what a folder would be created in)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def _check_not_a_file(location: str) -> None:
     """Raise if ``location``, or the nearest of its parents that exists, is no folder."""
     given = Path(location).absolute()
-    existing = given
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = _nearest_existing(given)
     if existing.is_dir():
         return
     where = f"memory={location!r}" + ("" if str(given) == location else f" ({str(given)!r})")
@@ -595,7 +598,7 @@ def _atomic_write(path: str, write: Callable) -> None:
 def _warn_once(kind: str, where: str, message: str, category) -> None:
     if (kind, where) not in _warned:
         _warned.add((kind, where))
-        warnings.warn(message, category, stacklevel=4)
+        warn(message, category)
 
 
 # ---------------------------------------------------------------------- rows

@@ -231,7 +231,7 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         proba = self.predict_proba(X)
         if self.multitask_:
             columns = [c[np.argmax(p, axis=1)] for c, p in zip(self.classes_, proba, strict=True)]
-            return _label_columns(columns)
+            return _side_by_side(columns)
         if self.multilabel_:
             return (proba >= 0.5).astype(int)
         return self.classes_[np.argmax(proba, axis=1)]
@@ -272,7 +272,7 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         return tags
 
 
-def _label_columns(columns: list[np.ndarray]) -> np.ndarray:
+def _side_by_side(columns: list[np.ndarray]) -> np.ndarray:
     """Label columns side by side, each keeping its own type: one array of their common
     dtype when they share one, else an object array (ints stay ints next to strings)."""
     if len({c.dtype for c in columns}) == 1:

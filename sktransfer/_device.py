@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import warnings
 
 import torch
+
+from ._warnings import warn
 
 _PRECISIONS = {
     "float32": None,
@@ -82,10 +83,8 @@ def loadable_device(saved: torch.device | str) -> torch.device:
     saved = torch.device(saved)
     if device_available(saved):
         return saved
-    warnings.warn(
+    warn(
         f"This estimator was saved on device '{saved}', which is not available here; "
-        "loading it on the CPU instead.",
-        UserWarning,
-        stacklevel=3,
+        "loading it on the CPU instead."
     )
     return torch.device("cpu")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import warnings
 from abc import abstractmethod
 from numbers import Integral, Real
 from pathlib import Path
@@ -67,6 +66,7 @@ from ._targets import (
     take_rows,
     training_weights,
 )
+from ._warnings import warn
 
 
 class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
@@ -186,11 +186,14 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         adaptation = adaptation_for(self.domain_adaptation, self.adaptation_weight)
         with _seeded(seed, device):
-            backbone, identity = self._start_backbone(targets.n_outputs, seed, adaptation)
+            preprocessing = self._preprocessing()
+            backbone, identity = self._start_backbone(
+                targets.n_outputs, seed, adaptation, preprocessing
+            )
             backbone.to(device)
             groups = _backbone.block_groups(backbone)
             frozen_groups = self._resolve_freeze_depth(len(groups))
-            cfg = _backbone.data_config(backbone, self.image_size, self._preprocessing())
+            cfg = _backbone.data_config(backbone, self.image_size, preprocessing)
             train_idx, valid_idx = self._split(targets.stratify, len(source), seed)
             weights = training_weights(weights, train_idx, len(valid_idx))
             data = TrainingData(
@@ -201,7 +204,7 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
             )
             result = train(plan, backbone, data)
         for warning in result.warnings:
-            warnings.warn(warning, stacklevel=2)
+            warn(warning)
         fitted = {
             **targets.attributes,
             "backbone_": result.backbone,
@@ -254,16 +257,17 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
                 "of -1 / NaN, were set aside first, and indices count source images only.)"
             ) from exc
 
-    def _start_backbone(self, n_outputs: int, seed: int, adaptation):
+    def _start_backbone(self, n_outputs: int, seed: int, adaptation, preprocessing):
         """The starting backbone with a new head of ``n_outputs``, and what names its
-        weights in the cache (given the fit's ``adaptation`` strategy)."""
+        weights in the cache (given the fit's ``adaptation`` strategy); ``preprocessing``:
+        what the fit states of the weights (:meth:`_preprocessing`)."""
         backbone = _backbone.create_backbone(
             self.model,
             self._starting_weights(),
             image_size=self.image_size,
             drop_rate=self.drop_rate,
             seed=seed,
-            preprocessing=self._preprocessing(),
+            preprocessing=preprocessing,
         )
         identity = self._cache_identity(backbone, adaptation)
         _backbone.reset_head(backbone, n_outputs)

@@ -15,8 +15,6 @@ file saved with other versions warns (:class:`InconsistentVersionWarning`) when 
 
 from __future__ import annotations
 
-import inspect
-import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -26,6 +24,7 @@ from torch import nn
 
 from . import _backbone
 from ._device import loadable_device, resolve_device
+from ._warnings import warn
 
 _MODULE = "sktransfer:module"
 _DEVICE = "sktransfer:device"
@@ -109,14 +108,10 @@ class StoredAsData:
 
 
 def _parameter_defaults(cls) -> dict:
-    """The default of each parameter of ``cls``: what a file saved before a parameter
-    existed gets for it (the behaviour it was saved with)."""
-    signature = inspect.signature(cls.__init__)
-    return {
-        name: p.default
-        for name, p in signature.parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
+    """The default of each parameter of ``cls`` (whose ``__init__`` only stores them):
+    what a file saved before a parameter existed gets for it (the behaviour it was saved
+    with)."""
+    return cls().get_params(deep=False)
 
 
 def swap_in(estimator, fitted: Mapping) -> None:
@@ -222,12 +217,11 @@ def _warn_on_other_versions(saved: Mapping, estimator_name: str) -> None:
     for package, current in versions().items():
         original = saved.get(package)
         if original is not None and original != current:
-            warnings.warn(
+            warn(
                 InconsistentVersionWarning(
                     estimator_name=estimator_name,
                     package=package,
                     original_version=original,
                     current_version=current,
-                ),
-                stacklevel=4,
+                )
             )

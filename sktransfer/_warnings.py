@@ -21,9 +21,11 @@ class UnstatedPreprocessingWarning(UserWarning):
     """
 
 
-def warn(message: str, category: type[Warning]) -> None:
+def warn(message: str | Warning, category: type[Warning] = UserWarning) -> None:
     """``warnings.warn`` attributed to the first caller outside sktransfer (as pandas'
-    ``find_stack_level`` does), so the warning names the user's line."""
+    ``find_stack_level`` does), so the warning names the user's line however deep in
+    sktransfer it is raised (``message`` may be a warning instance, which brings its
+    category)."""
     frame, level = sys._getframe(1), 2  # stacklevel 2: the caller of this function
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
