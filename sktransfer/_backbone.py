@@ -6,6 +6,7 @@ No other module of sktransfer imports timm.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import math
@@ -22,21 +23,13 @@ import torch
 from timm.models import group_parameters
 from torch import nn
 
+from . import _hub
+from ._options import POOLINGS, PREPROCESSING_PRESETS
 from ._warnings import UnstatedPreprocessingWarning, warn
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
-# Named normalisations of the ``preprocessing`` parameter: timm's constants.
-PREPROCESSING_PRESETS = {
-    "imagenet": {"mean": timm.data.IMAGENET_DEFAULT_MEAN, "std": timm.data.IMAGENET_DEFAULT_STD},
-    "inception": {
-        "mean": timm.data.IMAGENET_INCEPTION_MEAN,
-        "std": timm.data.IMAGENET_INCEPTION_STD,
-    },
-    "clip": {"mean": timm.data.OPENAI_CLIP_MEAN, "std": timm.data.OPENAI_CLIP_STD},
-}
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 CROP_MODES = ("center", "squash", "border")
-POOLINGS = ("avg", "max", "avgmax", "token")
 TIMM_VERSION = timm.__version__
 
 
@@ -111,8 +104,9 @@ def create_backbone(
         kwargs["img_size"] = _as_hw(image_size)
 
     pretrained = isinstance(weights, str) and weights == "pretrained"
+    unreachable = _hub_unreachable(name) if pretrained else None
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _offline_if(unreachable):
             torch.manual_seed(seed)
             model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except (AssertionError, TypeError, NotImplementedError) as exc:
@@ -126,13 +120,7 @@ def create_backbone(
     except (OSError, RuntimeError) as exc:
         if not pretrained:
             raise
-        raise RuntimeError(
-            f"Could not load the pretrained weights of {name!r}: {exc}. timm fetches them "
-            "from the Hugging Face hub, or from its local cache when HF_HUB_OFFLINE=1. "
-            "Check the network or the cache (HF_HOME / HF_HUB_CACHE), pass a local "
-            "checkpoint with weights='path/to/file.pth', or weights=None for random "
-            "initialisation."
-        ) from exc
+        raise _hub.PretrainedWeightsError(_hub.failure_message(name, exc, unreachable)) from exc
     matched = "name"
     if isinstance(weights, Mapping):  # the weights of another fitted model
         matched = load_state(model, weights, "The weights given")
@@ -143,6 +131,23 @@ def create_backbone(
     timm_name = name if timm.is_model(name) else model.pretrained_cfg["architecture"]
     model.sktransfer_spec = {"name": timm_name, "kwargs": kwargs}
     return model.eval()
+
+
+def _hub_unreachable(name: str) -> str | None:
+    """Why the Hugging Face hub, where timm downloads ``name``'s weights from, cannot be
+    reached; None when it answers, when it is not asked (``HF_HUB_OFFLINE=1``) or when
+    the weights come from elsewhere (torch.hub's addresses fail at once, without retries)."""
+    if _hub.hub_offline() or name.startswith("local-dir:"):
+        return None
+    if not name.startswith(("hf-hub:", "hf_hub:")):
+        cfg = timm.models.get_pretrained_cfg(name)
+        if cfg is None or not cfg.hf_hub_id:
+            return None
+    return _hub.unreachable(_hub.hub_endpoint())
+
+
+def _offline_if(unreachable: str | None):
+    return _hub.offline() if unreachable else contextlib.nullcontext()
 
 
 def _has_fixed_input_size(name: str) -> bool:

@@ -34,8 +34,8 @@ import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
 from ._images import FileSource, check_not_single
+from ._options import CHUNK_SIZE
 
-CHUNK_SIZE = 256
 _PROBE = np.zeros((1, 32, 32, 3), dtype=np.uint8)
 
 

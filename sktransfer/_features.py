@@ -17,6 +17,14 @@ from ._docs import compose
 from ._export import ExportsOnnx
 from ._images import as_images
 from ._inference import run_batches
+from ._options import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DEVICE,
+    DEFAULT_MODEL,
+    DEFAULT_WEIGHTS,
+    POOLINGS,
+    PREPROCESSING_PRESETS,
+)
 from ._params import CALL_PARAMETERS, HasMethods, Interval, Options, validate_params
 from ._rows import cached_rows, namespace
 from ._state import StoredAsData, swap_in
@@ -111,9 +119,9 @@ class PretrainedFeatureExtractor(
         "model": [str],
         "weights": [str, os.PathLike, None],
         "layer": [None, Options({"logits"}), Integral, list, tuple],
-        "pooling": [None, Options(set(_backbone.POOLINGS))],
+        "pooling": [None, Options(set(POOLINGS))],
         "image_size": [None, Interval(Integral, 1, None, closed="left"), tuple, list],
-        "preprocessing": [None, Options(set(_backbone.PREPROCESSING_PRESETS)), dict],
+        "preprocessing": [None, Options(set(PREPROCESSING_PRESETS)), dict],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "device": [str, torch.device],
         "precision": [Options(set(PRECISIONS))],
@@ -125,15 +133,15 @@ class PretrainedFeatureExtractor(
 
     def __init__(
         self,
-        model="efficientnet_b0.ra_in1k",
+        model=DEFAULT_MODEL,
         *,
-        weights="pretrained",
+        weights=DEFAULT_WEIGHTS,
         layer=None,
         pooling=None,
         image_size=None,
         preprocessing=None,
-        batch_size=32,
-        device="auto",
+        batch_size=DEFAULT_BATCH_SIZE,
+        device=DEFAULT_DEVICE,
         precision="auto",
         num_workers=0,
         memory=None,

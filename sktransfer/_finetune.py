@@ -49,6 +49,7 @@ from ._finetuning._predict import (
     outputs_of_images,
 )
 from ._images import as_images
+from ._options import PREPROCESSING_PRESETS
 from ._params import (
     CALL_PARAMETERS,
     HasMethods,
@@ -98,7 +99,7 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
         "ema": [None, Interval(Real, 0, 1, closed="neither")],
         "tta": [None, Options(set(TTA_VIEWS) - {None})],
         "image_size": [None, Interval(Integral, 1, None, closed="left"), tuple, list],
-        "preprocessing": [None, Options(set(_backbone.PREPROCESSING_PRESETS)), dict],
+        "preprocessing": [None, Options(set(PREPROCESSING_PRESETS)), dict],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "early_stopping": [None, Interval(Integral, 1, None, closed="left")],
         "drop_rate": [Interval(Real, 0, 1, closed="left")],

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils import Bunch
 
+from ._options import IMAGE_EXTENSIONS
+
 __all__ = ["IMAGE_EXTENSIONS", "from_csv", "load_elpv", "load_image_folder"]
 
 
@@ -69,20 +71,6 @@ def load_elpv() -> Bunch:
         cell_type=labels["type"],
         DESCR=load_elpv.__doc__.split("\n\n")[0],
     )
-
-
-IMAGE_EXTENSIONS = (
-    ".bmp",
-    ".gif",
-    ".jpeg",
-    ".jpg",
-    ".pgm",
-    ".png",
-    ".ppm",
-    ".tif",
-    ".tiff",
-    ".webp",
-)
 
 
 def load_image_folder(

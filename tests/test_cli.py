@@ -34,7 +34,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from sktransfer import PretrainedFeatureExtractor
-from sktransfer._cli import _extractor_params, _override, build_parser, main
+from sktransfer._cli import build_parser, main
+from sktransfer._commands import _extractor_params, _override
 from sktransfer.datasets import IMAGE_EXTENSIONS, load_image_folder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
