@@ -23,6 +23,7 @@ _PUBLIC = {
     "PretrainedFeatureExtractor": "._features",
     "PretrainedWeightsError": "._hub",
     "TrainingHistoryDisplay": "._display",
+    "UnreadableImageError": "._images",
     "UnstatedPreprocessingWarning": "._warnings",
     "dask_transform": "._distributed",
     "top_imagenet_labels": "._features",
@@ -54,6 +55,7 @@ if TYPE_CHECKING:  # what static tools (type checkers, IDEs, griffe) read
     from ._distributed import dask_transform
     from ._features import PretrainedFeatureExtractor, top_imagenet_labels
     from ._hub import PretrainedWeightsError
+    from ._images import UnreadableImageError
     from ._params import InvalidParameterError
     from ._regressor import FineTunedRegressor
     from ._state import InconsistentVersionWarning

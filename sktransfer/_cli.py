@@ -3,27 +3,32 @@
 Two sub-commands, each a thin layer over the estimators:
 
 - ``sktransfer embed ROOT --model M --out FILE`` embeds every image under ``ROOT`` with a
-  :class:`PretrainedFeatureExtractor` (its options are the extractor's parameters) into
-  a ``.npy`` matrix or a ``.parquet`` table;
+  ``PretrainedFeatureExtractor`` (its options are the extractor's parameters) into a
+  ``.npy`` matrix (with the path of each row in ``FILE.paths.txt``) or a ``.parquet``
+  table; with ``--layer logits --top-k K``, the ``K`` most likely ImageNet-1k labels;
 - ``sktransfer predict MODEL_FILE ROOT --out FILE.csv`` writes what a saved model
   (``.skops``, or a pickle) predicts for every image under ``ROOT``.
 
 Rows follow ``load_image_folder(ROOT, labelled=False).paths`` (sorted file order). The
 images run chunk by chunk, in this process or, with ``--dask-scheduler``, on a Dask
-cluster (:func:`sktransfer.dask_transform`), and each finished chunk is written at once
+cluster (``sktransfer.dask_transform``), and each finished chunk is written at once
 into a temporary file next to the output, renamed into place at the end: memory stays
 bounded, and a failed run leaves no half-written file and an earlier output untouched.
 
 Mistakes of the user (a wrong option, folder, file or image) print
-``sktransfer: error: ...`` and exit with status 2, never a traceback; a failing
-environment (no scheduler answering, a missing optional package, a full disk) exits
-with status 1.
+``sktransfer: error: ...`` and exit with status 2, never a traceback (a mistyped option
+or sub-command gets the closest one suggested); a failing environment (no scheduler
+answering, a missing optional package, a full disk) exits with status 1. With
+``--skip-bad-images``, image files that cannot be read are listed in ``FILE.skipped.csv``
+and left out, instead of stopping the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import re
 import sys
 import textwrap
 
@@ -100,9 +105,66 @@ def _report(exc: BaseException, status: int) -> int:
 # ---------------------------------------------------------------------- the parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors suggest the closest option or choice to a
+    mistyped one (what Python 3.14's ``suggest_on_error`` does, for 3.10 on)."""
+
+    def error(self, message):
+        super().error(message + _suggestion(message, self._actions))
+
+
+class _CommandParser(_Parser):
+    """The parser of a sub-command. It reports the arguments it does not know itself
+    (the top parser would, without naming the sub-command or knowing its options), and
+    the options that do not go together."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        problem = _conflict(namespace)
+        if problem:
+            self.error(problem)
+        return namespace, extras
+
+
+def _suggestion(message: str, actions) -> str:
+    """``; did you mean --model?`` for the mistyped options or choices that ``message``
+    names, when ``actions`` (a parser's) have close ones; else an empty string."""
+    if "maybe you meant" in message:  # Python's own suggestion (3.14's suggest_on_error)
+        return ""
+    if message.startswith("unrecognized arguments: "):
+        typos = [word.split("=", 1)[0] for word in message.split()[2:] if word[:1] == "-"]
+        known = [option for action in actions for option in action.option_strings]
+    else:
+        typos = re.findall(r"invalid choice: '([^']*)'", message)
+        known = [str(choice) for action in actions for choice in action.choices or ()]
+    matches = [m for typo in typos for m in difflib.get_close_matches(typo, known, n=1)]
+    return f"; did you mean {', '.join(dict.fromkeys(matches))}?" if matches else ""
+
+
+def _conflict(args) -> str | None:
+    """What is wrong with a combination of the sub-command's options, or None."""
+    layer = getattr(args, "layer", None)
+    if getattr(args, "top_k", None) is not None and layer != "logits":
+        spec = ",".join(map(str, layer)) if isinstance(layer, list) else layer
+        got = "no --layer (the pre-logits features)" if layer is None else f"--layer={spec}"
+        return (
+            f"--top-k needs --layer logits (the class scores it ranks), got {got}. Add "
+            "--layer logits, or leave out --top-k."
+        )
+    if args.skip_bad_images and args.dask_scheduler is not None:
+        return (
+            "--skip-bad-images runs in this process only, not with --dask-scheduler: leave "
+            "out --dask-scheduler to skip unreadable images, or remove them from ROOT to "
+            "run on the cluster."
+        )
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``sktransfer`` and its sub-commands (``args.command`` names one)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sktransfer",
         description=_filled(
             "Embed a folder of images with a pretrained timm backbone, or predict with a "
@@ -118,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        title="commands", required=True, metavar="COMMAND", parser_class=_CommandParser
+    )
     _add_embed(commands)
     _add_predict(commands)
     return parser
@@ -148,6 +212,8 @@ def _add_embed(commands) -> None:
                 "    --image-size 224 --batch-size 64 --cache ~/.cache/sktransfer",
                 "sktransfer embed images/ --model resnet50.a1_in1k --out embeddings.npy \\\n"
                 "    --layer=-2,-1 --dask-scheduler tcp://HOST:8786",
+                "sktransfer embed images/ --model efficientnet_b0.ra_in1k --layer logits \\\n"
+                "    --top-k 5 --out top5.csv",
             ],
             _EXIT_STATUS_HELP,
         ),
@@ -163,9 +229,12 @@ def _add_embed(commands) -> None:
         "--out",
         required=True,
         metavar="FILE",
-        help="the output: FILE.npy (the float32 matrix, one row per image) or FILE.parquet "
-        "(a 'path' column, relative to ROOT, then one float32 column per feature); its "
-        "folder must exist, and an existing FILE is replaced only when the run succeeds",
+        help="the output: FILE.npy (the float32 matrix, one row per image; the paths of "
+        "the rows, relative to ROOT, go one a line into FILE.paths.txt beside it) or "
+        "FILE.parquet (the paths in a 'path' column, then one float32 column per feature, "
+        "named after the ImageNet-1k classes for --layer logits of a model with 1000 "
+        "outputs); with --top-k, FILE.csv or FILE.parquet. Its folder must exist, and an "
+        "existing FILE (and FILE.paths.txt) is replaced only when the run succeeds",
     )
     embed.add_argument(
         "--weights",
@@ -183,6 +252,16 @@ def _add_embed(commands) -> None:
         help="what to embed: 'logits' (the class scores), a block index (3) or a comma "
         "list of them (1,2,-1; write --layer=-1,2 when the list starts with a minus), each "
         "pooled and concatenated (default: the pooled pre-logits features)",
+    )
+    embed.add_argument(
+        "--top-k",
+        type=_top_k,
+        default=None,
+        metavar="K",
+        help="with --layer logits of a model with 1000 outputs (ImageNet-1k): write the K "
+        "most likely class names and their softmax probabilities instead of the scores, "
+        "as columns path, label_1..label_K, score_1..score_K (as timm's inference script "
+        "does), into FILE.csv or FILE.parquet (default: the scores)",
     )
     embed.add_argument(
         "--pooling",
@@ -312,6 +391,14 @@ def _add_run_options(parser) -> None:
         help="how long to wait for the scheduler to answer (default: %(default)g)",
     )
     parser.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out the image files that cannot be opened or decoded, listed with "
+        "their error in FILE.skipped.csv (columns path, error) beside the output, instead "
+        "of stopping at the first one; not with --dask-scheduler. A run without it "
+        "removes an earlier FILE.skipped.csv (default: stop, with exit status 2)",
+    )
+    parser.add_argument(
         "--chunk-size",
         type=_positive_int,
         default=CHUNK_SIZE,
@@ -356,6 +443,18 @@ def _extensions(text: str) -> tuple[str, ...]:
             f"expected file name endings with their dot, comma-separated (.tif,.bmp), got {text!r}"
         )
     return endings
+
+
+def _top_k(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer between 1 and 1000 (ImageNet-1k's classes), got {text!r}"
+        )
+    return value
 
 
 def _weights(text: str):

@@ -1,5 +1,5 @@
 """The work of the ``sktransfer`` sub-commands: list the images, load or fit the model, run
-it chunk by chunk, write the output (see :mod:`sktransfer._cli` for the parser).
+it chunk by chunk, write the output (see ``sktransfer._cli`` for the parser).
 
 The command line imports this module (and with it torch, timm and scikit-learn) only
 once the options are parsed, so that ``--help`` and mistakes in the options answer at
@@ -10,22 +10,26 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import os
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from ._backbone import imagenet_label_names
 from ._classifier import FineTunedClassifier
 from ._distributed import connect, dask_transform, iter_blocks
-from ._features import PretrainedFeatureExtractor
-from ._images import FileSource
+from ._features import PretrainedFeatureExtractor, top_imagenet_labels
+from ._images import FileSource, UnreadableImageError
 from ._regressor import FineTunedRegressor
 from .datasets import NoImagesError, load_image_folder
 
 EMBEDDING_FORMATS = (".npy", ".parquet")
+TOP_K_FORMATS = (".csv", ".parquet")
 PREDICTION_FORMATS = (".csv",)
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 MODEL_SUFFIXES = (".skops", *PICKLE_SUFFIXES)
@@ -42,20 +46,66 @@ class UsageError(ValueError):
 def run_embed(args) -> int:
     """``sktransfer embed``: check the output, list the images, fit, embed, write."""
     started = time.perf_counter()
-    out = _output_path(args.out, EMBEDDING_FORMATS)
+    if args.top_k is None:
+        out = _output_path(args.out, EMBEDDING_FORMATS)
+    else:
+        out = _output_path(args.out, TOP_K_FORMATS, " with --top-k")
+    suffix = out.suffix.lower()
     root, paths = _list_images(args.root, args.extensions)
+    if suffix == ".npy":
+        _check_one_a_line(paths)
     extractor = PretrainedFeatureExtractor(**_extractor_params(args)).fit()
-    names = [str(name) for name in extractor.get_feature_names_out()]
-    opener = _NpyRows if out.suffix.lower() == ".npy" else _ParquetRows
-    with _scheduler(args) as client:
-        blocks = _blocks(extractor, paths, ("transform",), args.chunk_size, client)
-        with _replacing(out, lambda tmp: opener(tmp, len(paths), names)) as rows:
-            _write_all(rows, blocks, _relative(paths, root), args, "embedding")
+    if args.top_k is not None:
+        _check_imagenet_scores(extractor, args.model)
+    columns = _column_names(extractor)
+    skipped = _run_job(
+        args,
+        extractor,
+        ("transform",),
+        paths,
+        root,
+        out=out,
+        sidecars=[_sidecar(out, ".paths.txt")] if suffix == ".npy" else [],
+        open_rows=functools.partial(_embedding_rows, suffix, columns, args.top_k),
+    )
     seconds = time.perf_counter() - started
+    each = f"{len(columns)} features" if args.top_k is None else f"top {args.top_k} labels"
     print(
-        f"Embedded {len(paths)} images ({len(names)} features each) into {out} in {seconds:.1f} s."
+        f"Embedded {len(paths) - len(skipped or ())} images ({each} each) into {out} in "
+        f"{seconds:.1f} s{_skipped_note(skipped, out)}."
     )
     return 0
+
+
+def _embedding_rows(suffix: str, columns: list[str], top_k, *files: str):
+    """The writer of an output of ``suffix`` on the temporary ``files`` (with the
+    ``.paths.txt`` beside a ``.npy``): the ``top_k`` labels, or the ``columns``."""
+    if top_k is not None:
+        return _TopLabelRows(*files, top_k, suffix)
+    if suffix == ".npy":
+        return _NpyRows(*files, columns)
+    return _ParquetRows(*files, columns)
+
+
+def _column_names(extractor) -> list[str]:
+    """The names of the output columns: for the logits of a model with 1000 outputs, the
+    ImageNet-1k classes (a name that two classes share gets the class index: ``crane
+    (134)``); else the extractor's feature names."""
+    if extractor.layer_ != "logits" or extractor.n_features_out_ != 1000:
+        return [str(name) for name in extractor.get_feature_names_out()]
+    names = imagenet_label_names()
+    shared = {name for name, count in Counter(names).items() if count > 1}
+    return [f"{name} ({j})" if name in shared else name for j, name in enumerate(names)]
+
+
+def _check_imagenet_scores(extractor, model: str) -> None:
+    n = extractor.n_features_out_
+    if n != 1000:
+        raise UsageError(
+            f"--top-k names ImageNet-1k classes, and {model} gives {n} class scores, not "
+            "1000. Pick a model with an ImageNet-1k head (such as efficientnet_b0.ra_in1k), "
+            f"or leave out --top-k to write its {n} scores."
+        )
 
 
 def _extractor_params(args) -> dict:
@@ -89,14 +139,18 @@ def run_predict(args) -> int:
     methods = ("predict",) if classes is None else ("predict", "predict_proba")
     if classes is not None and _labels_are_argmax(model):
         methods = ("predict_proba",)  # one pass: predict is argmax of these, exactly
-    with _scheduler(args) as client:
-        blocks = _blocks(model, paths, methods, args.chunk_size, client)
-        if methods == ("predict_proba",):
-            blocks = ((classes[np.argmax(p, axis=1)], p) for (p,) in blocks)
-        with _replacing(out, lambda tmp: _CsvRows(tmp, classes, _task_names(model))) as rows:
-            _write_all(rows, blocks, _relative(paths, root), args, "predicting")
+    task_names = _task_names(model)
+
+    def open_rows(tmp):
+        rows = _CsvRows(tmp, classes, task_names)
+        return _ArgmaxRows(rows, classes) if methods == ("predict_proba",) else rows
+
+    skipped = _run_job(args, model, methods, paths, root, out=out, open_rows=open_rows)
     seconds = time.perf_counter() - started
-    print(f"Predicted {len(paths)} images into {out} in {seconds:.1f} s.")
+    print(
+        f"Predicted {len(paths) - len(skipped or ())} images into {out} in {seconds:.1f} s"
+        f"{_skipped_note(skipped, out)}."
+    )
     return 0
 
 
@@ -237,13 +291,15 @@ def _proba_classes(model):
 # ---------------------------------------------------------------------- inputs
 
 
-def _output_path(out: str, formats: tuple[str, ...]) -> Path:
-    """``out`` as an absolute path, after checking its format and folder."""
+def _output_path(out: str, formats: tuple[str, ...], when: str = "") -> Path:
+    """``out`` as an absolute path, after checking its format (the ``formats`` supported
+    ``when``) and folder."""
     path = Path(out).expanduser().absolute()
     if path.suffix.lower() not in formats:
         raise UsageError(
             f"--out {out!r}: cannot write {path.suffix or 'a file without a suffix'}; "
-            f"the supported formats are {', '.join(formats)}. Name the output accordingly."
+            f"the supported formats{when} are {', '.join(formats)}. Name the output "
+            "accordingly."
         )
     if not path.parent.is_dir():
         raise FileNotFoundError(
@@ -270,7 +326,65 @@ def _relative(paths, root: str) -> list[str]:
     return [Path(p).relative_to(root).as_posix() for p in paths]
 
 
+def _check_one_a_line(paths: list[str]) -> None:
+    """Refuse file names that would break the one-path-a-line ``.paths.txt``."""
+    odd = next((p for p in paths if "\n" in p or "\r" in p), None)
+    if odd is not None:
+        raise UsageError(
+            f"The image file name {odd!r} holds a line break, so FILE.paths.txt cannot "
+            "list it one a line beside a .npy output. Write a .parquet output (its 'path' "
+            "column holds any name), or rename the file."
+        )
+
+
+def _sidecar(out: Path, ending: str) -> Path:
+    """The file beside ``out`` that ``ending`` names: ``e.npy`` -> ``e.paths.txt``."""
+    return out.with_suffix(ending)
+
+
 # ---------------------------------------------------------------------- running
+
+
+def _run_job(args, model, methods, paths, root, *, out: Path, sidecars=(), open_rows):
+    """Run ``methods`` of ``model`` on the images ``paths`` (under ``root``) chunk by
+    chunk, into the rows that ``open_rows`` opens on temporary files for ``out`` and its
+    ``sidecars``, renamed onto them at the end; with ``--skip-bad-images``, list the
+    images that cannot be read in ``FILE.skipped.csv`` and return them as ``(position,
+    error)`` pairs (else None)."""
+    names = _relative(paths, root)
+    desc = {"embed": "embedding", "predict": "predicting"}[args.command]
+    skipped = [] if args.skip_bad_images else None
+    report = _sidecar(out, ".skipped.csv")
+    targets = [out, *sidecars, *([report] if skipped is not None else [])]
+    with _scheduler(args) as client, _replacing(*targets) as tmps:
+        blocks = _blocks(model, paths, methods, args.chunk_size, client, skipped)
+        with contextlib.closing(open_rows(*tmps[: 1 + len(sidecars)])) as rows:
+            _write_all(rows, blocks, names, args, desc)
+        if skipped is not None:
+            _check_some_left(skipped, paths, root)
+            _write_csv(tmps[-1], ["path", "error"], [(names[i], e) for i, e in skipped])
+    if skipped is None:  # an earlier run's list would describe another output
+        with contextlib.suppress(OSError):
+            os.remove(report)
+    return skipped
+
+
+def _check_some_left(skipped: list, paths: list[str], root: str) -> None:
+    if len(skipped) == len(paths):
+        raise UsageError(
+            f"None of the {len(paths)} images under {root} can be read, so nothing was "
+            f"written. The first: {skipped[0][1]}"
+        )
+
+
+def _skipped_note(skipped, out: Path) -> str:
+    """The end of the summary line for ``--skip-bad-images``."""
+    if skipped is None:
+        return ""
+    images = "image" if len(skipped) == 1 else "images"
+    return (
+        f"; skipped {len(skipped)} unreadable {images} (listed in {_sidecar(out, '.skipped.csv')})"
+    )
 
 
 @contextlib.contextmanager
@@ -283,46 +397,69 @@ def _scheduler(args):
         yield client
 
 
-def _blocks(model, paths: list[str], methods: tuple[str, ...], chunk_size: int, client):
-    """For each chunk of ``paths`` in order, a tuple: what each of ``methods`` gives; on
-    the Dask ``client``'s cluster, or in this process when it is None."""
+def _blocks(model, paths: list[str], methods: tuple[str, ...], chunk_size: int, client, skipped):
+    """For each chunk of ``paths`` in order: its positions in ``paths``, the positions of
+    its rows, and a tuple of what each of ``methods`` gives for them (None when no row is
+    left); on the Dask ``client``'s cluster, or in this process when it is None. With a
+    list ``skipped``, the images that cannot be read are appended to it as ``(position,
+    error)`` and have no row; without it, the first one raises."""
     if client is not None:
         arrays = [dask_transform(model, paths, method=m, chunk_size=chunk_size) for m in methods]
-        yield from zip(*(iter_blocks(a, client) for a in arrays), strict=True)
+        start = 0
+        for outputs in zip(*(iter_blocks(a, client) for a in arrays), strict=True):
+            span = range(start, start + len(outputs[0]))
+            yield span, span, outputs
+            start = span.stop
         return
     for start in range(0, len(paths), chunk_size):
-        stop = min(start + chunk_size, len(paths))
+        span = range(start, min(start + chunk_size, len(paths)))
+        kept = list(span)
+        outputs = _run_chunk(model, methods, paths, kept, skipped)  # may shorten kept
+        yield span, kept, outputs
+
+
+def _run_chunk(model, methods, paths: list[str], kept: list[int], skipped):
+    """What each of ``methods`` gives for the images at positions ``kept``. With a list
+    ``skipped``, an image that cannot be read is appended to it, removed from ``kept``
+    and the chunk runs again without it (bad images are rare; a cache keeps the rows
+    already computed); None when no image is left."""
+    while kept:
         # numbered as in the whole folder, so that errors name the image's index there
-        source = FileSource(paths[start:stop], numbers=range(start, stop))
-        yield tuple(np.asarray(getattr(model, m)(source)) for m in methods)
+        source = FileSource([paths[i] for i in kept], numbers=kept)
+        try:
+            return tuple(np.asarray(getattr(model, m)(source)) for m in methods)
+        except UnreadableImageError as exc:
+            if skipped is None or exc.index not in kept:
+                raise
+            skipped.append((exc.index, str(exc)))
+            kept.remove(exc.index)
+    return None
 
 
 def _write_all(rows, blocks, names: list[str], args, desc: str) -> None:
-    done = 0
     with tqdm(total=len(names), unit="image", desc=desc, disable=args.no_progress) as bar:
-        for outputs in blocks:
-            n = len(outputs[0])
-            rows.write(names[done : done + n], *outputs)
-            done += n
-            bar.update(n)
+        for span, kept, outputs in blocks:
+            if kept:
+                rows.write([names[i] for i in kept], *outputs)
+            bar.update(len(span))
 
 
 @contextlib.contextmanager
-def _replacing(target: Path, open_rows):
-    """The rows opened by ``open_rows`` on a temporary file next to ``target``, renamed
-    to ``target`` when the block ends without an error, removed otherwise."""
-    # created by the writer, so with the permissions any new file gets (mkstemp's are 0600)
-    tmp = str(target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+def _replacing(target: Path, *sidecars: Path):
+    """Temporary paths next to ``target`` and its ``sidecars``, renamed onto them (the
+    sidecars first) when the block ends without an error, removed otherwise."""
+    # created by the writers, so with the permissions any new file gets (mkstemp's are 0600)
+    tag = uuid.uuid4().hex[:12]
+    targets = [target, *sidecars]
+    tmps = [str(t.parent / f".{t.name}.{tag}.tmp") for t in targets]
     try:
-        rows = open_rows(tmp)
-        try:
-            yield rows
-        finally:
-            rows.close()
-        os.replace(tmp, target)
+        yield tmps
+        for tmp, path in reversed(list(zip(tmps, targets, strict=True))):
+            os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+        for tmp in tmps:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
         raise
 
 
@@ -330,40 +467,106 @@ def _replacing(target: Path, open_rows):
 
 
 class _NpyRows:
-    """The float32 matrix of a ``.npy`` file: its header, then each block's rows as
-    they come (in order), written straight to the file."""
+    """The float32 matrix of a ``.npy`` file (its header, then each block's rows as they
+    come, in order, written straight to the file), and the path of each row, one a line,
+    in a text file beside it."""
 
-    def __init__(self, path: str, n_rows: int, names: list[str]):
+    def __init__(self, path: str, paths_file: str, names: list[str]):
         self.file = open(path, "wb")  # noqa: SIM115 (closed by close)
-        header = {"descr": "<f4", "fortran_order": False, "shape": (n_rows, len(names))}
+        self.paths = open(paths_file, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+        self.n_columns, self.n_rows = len(names), 0
+        self._write_header()
+        self.data_start = self.file.tell()
+
+    def _write_header(self) -> None:
+        shape = (self.n_rows, self.n_columns)
+        header = {"descr": "<f4", "fortran_order": False, "shape": shape}
         np.lib.format.write_array_header_1_0(self.file, header)
 
     def write(self, paths: list[str], block: np.ndarray) -> None:
         self.file.write(np.ascontiguousarray(block, dtype="<f4").tobytes())
+        self.paths.writelines(f"{path}\n" for path in paths)
+        self.n_rows += len(block)
+
+    def close(self) -> None:
+        """Write the final row count into the header, in place: numpy pads the header
+        so that the count can take up to 21 digits without moving the data."""
+        with self.file, self.paths:
+            self.file.seek(0)
+            self._write_header()
+            if self.file.tell() != self.data_start:  # a numpy without that padding
+                raise RuntimeError("The .npy header changed size when its row count was set.")
+
+
+class _ParquetTable:
+    """A Parquet file of the columns ``fields`` (``(name, pyarrow type)`` pairs), written
+    one row group per block of columns."""
+
+    def __init__(self, path: str, fields: list[tuple[str, str]]):
+        pa, pq = _pyarrow()
+        self.pa = pa
+        self.schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in fields])
+        self.writer = pq.ParquetWriter(path, self.schema)
+
+    def write(self, columns: list) -> None:
+        arrays = [self.pa.array(c, f.type) for c, f in zip(columns, self.schema, strict=True)]
+        table = self.pa.Table.from_arrays(arrays, schema=self.schema)
+        self.writer.write_table(table, row_group_size=table.num_rows)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _ParquetRows(_ParquetTable):
+    """Embeddings as Parquet: ``path``, then one float32 column per feature."""
+
+    def __init__(self, path: str, names: list[str]):
+        super().__init__(path, [("path", "string")] + [(name, "float32") for name in names])
+
+    def write(self, paths: list[str], block: np.ndarray) -> None:
+        block = np.ascontiguousarray(np.asarray(block, dtype=np.float32).T)
+        super().write([paths, *block])
+
+
+class _CsvTable:
+    """A CSV file of the columns ``header``, written block of columns by block."""
+
+    def __init__(self, path: str, header: list[str]):
+        self.file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
+        self.csv = csv.writer(self.file)
+        self.csv.writerow(header)
+
+    def write(self, columns: list) -> None:
+        self.csv.writerows(zip(*columns, strict=True))
 
     def close(self) -> None:
         self.file.close()
 
 
-class _ParquetRows:
-    """A Parquet table: ``path``, then one float32 column per feature; one row group
-    per block."""
+class _TopLabelRows:
+    """The ``k`` most likely ImageNet-1k labels of each image and their softmax
+    probabilities, as timm's inference script writes them: ``path``, ``label_1`` ...
+    ``label_k``, ``score_1`` ... ``score_k``; in a ``kind`` file (``.csv`` or
+    ``.parquet``)."""
 
-    def __init__(self, path: str, n_rows: int, names: list[str]):
-        pa, pq = _pyarrow()
-        self.pa = pa
-        self.schema = pa.schema([("path", pa.string())] + [(n, pa.float32()) for n in names])
-        self.writer = pq.ParquetWriter(path, self.schema)
+    def __init__(self, path: str, k: int, kind: str):
+        self.k = k
+        labels = [f"label_{j}" for j in range(1, k + 1)]
+        scores = [f"score_{j}" for j in range(1, k + 1)]
+        if kind != ".parquet":
+            self.table = _CsvTable(path, ["path", *labels, *scores])
+        else:
+            fields = [(name, "string") for name in ["path", *labels]]
+            self.table = _ParquetTable(path, fields + [(name, "float64") for name in scores])
 
-    def write(self, paths: list[str], block: np.ndarray) -> None:
-        block = np.asarray(block, dtype=np.float32)
-        columns = [self.pa.array(paths, self.pa.string())]
-        columns += [self.pa.array(column) for column in np.ascontiguousarray(block.T)]
-        table = self.pa.Table.from_arrays(columns, schema=self.schema)
-        self.writer.write_table(table, row_group_size=len(paths))
+    def write(self, paths: list[str], logits: np.ndarray) -> None:
+        top = top_imagenet_labels(logits, self.k)
+        labels = [[row[j][0] for row in top] for j in range(self.k)]
+        scores = [[row[j][1] for row in top] for j in range(self.k)]
+        self.table.write([paths, *labels, *scores])
 
     def close(self) -> None:
-        self.writer.close()
+        self.table.close()
 
 
 def _pyarrow():
@@ -376,6 +579,26 @@ def _pyarrow():
             ".npy instead."
         ) from exc
     return pyarrow, pyarrow.parquet
+
+
+def _write_csv(path: str, header: list[str], rows) -> None:
+    table = _CsvTable(path, header)
+    with contextlib.closing(table):
+        table.csv.writerows(rows)
+
+
+class _ArgmaxRows:
+    """Writes ``rows`` (a ``_CsvRows``) from class probabilities alone, the prediction
+    being the class of highest probability."""
+
+    def __init__(self, rows, classes: np.ndarray):
+        self.rows, self.classes = rows, classes
+
+    def write(self, paths: list[str], proba: np.ndarray) -> None:
+        self.rows.write(paths, self.classes[np.argmax(proba, axis=1)], proba)
+
+    def close(self) -> None:
+        self.rows.close()
 
 
 class _CsvRows:

@@ -59,6 +59,40 @@ _READ_LOCK = threading.Lock()  # file objects are read (and sought back) one at 
 _CHUNK = 1 << 20
 
 
+class UnreadableImageError(ValueError):
+    """An image file that cannot be opened, read or decoded.
+
+    A ``ValueError`` (as every bad input), which names the file by its number and path;
+    a batch job can catch it to skip the file (``sktransfer embed --skip-bad-images``).
+
+    Parameters
+    ----------
+    message : str
+        What is wrong, naming the image.
+    index : int
+        The image's number in the input, as ``message`` gives it.
+    path : str
+        The file's path, as it was given.
+
+    Examples
+    --------
+    >>> from sktransfer import PretrainedFeatureExtractor, UnreadableImageError
+    >>> extractor = PretrainedFeatureExtractor(model="test_efficientnet", weights=None)
+    >>> try:
+    ...     extractor.fit().transform(["missing.png"])
+    ... except UnreadableImageError as error:
+    ...     print(error.index, error.path)
+    0 missing.png
+    """
+
+    def __init__(self, message: str, index: int, path: str):
+        super().__init__(message)
+        self.index, self.path = index, path
+
+    def __reduce__(self):  # pickles whole: Dask sends a worker's errors back
+        return type(self), (str(self), self.index, self.path)
+
+
 class ImageSource(ABC):
     """A sequence of images: ``load(i)`` gives an RGB PIL image, ``key(i)`` a cache key,
     ``describe(i)`` its name for messages."""
@@ -79,7 +113,7 @@ class ImageSource(ABC):
         return f"image {i}"
 
     def _where(self, i: int) -> str:
-        """:meth:`describe` at the start of a sentence."""
+        """``describe`` at the start of a sentence."""
         return _sentence(self.describe(i))
 
     def subset(self, indices) -> SubsetSource:
@@ -226,7 +260,10 @@ class FileSource(ImageSource):
 
     def load(self, i):
         with self._open(i) as f:
-            return _decode(f, self._where(i))
+            try:
+                return _decode(f, self._where(i))
+            except ValueError as exc:  # the same message, typed: this file is at fault
+                raise self._unreadable(i, str(exc)) from exc
 
     def key(self, i):
         if self.keyed_by == "content":
@@ -241,21 +278,26 @@ class FileSource(ImageSource):
         self._keys = self._stat_keys()
 
     def describe(self, i):
-        number = i if self.numbers is None else self.numbers[i]
-        return f"image {number} ({self.paths[i]!r})"
+        return f"image {self._number(i)} ({self.paths[i]!r})"
+
+    def _number(self, i: int) -> int:
+        return i if self.numbers is None else self.numbers[i]
+
+    def _unreadable(self, i: int, message: str) -> UnreadableImageError:
+        return UnreadableImageError(message, self._number(i), self.paths[i])
 
     def _open(self, i: int):
         try:
             return open(self.paths[i], "rb")
         except OSError as exc:
-            raise ValueError(f"{self._where(i)} {_path_problem(exc)}") from exc
+            raise self._unreadable(i, f"{self._where(i)} {_path_problem(exc)}") from exc
 
     def _hash_file(self, i: int) -> bytes:
         with self._open(i) as f:
             try:
                 return _content_key(iter(lambda: f.read(_CHUNK), b""))
             except OSError as exc:
-                raise ValueError(f"{self._where(i)} {_path_problem(exc)}") from exc
+                raise self._unreadable(i, f"{self._where(i)} {_path_problem(exc)}") from exc
 
     def _stat_keys(self) -> list[bytes]:
         keys = []
@@ -263,9 +305,9 @@ class FileSource(ImageSource):
             try:
                 st = os.stat(path)
             except OSError as exc:
-                raise ValueError(f"{self._where(i)} {_path_problem(exc)}") from exc
+                raise self._unreadable(i, f"{self._where(i)} {_path_problem(exc)}") from exc
             if not os.path.isfile(path):
-                raise ValueError(f"{self._where(i)} is not a file.")
+                raise self._unreadable(i, f"{self._where(i)} is not a file.")
             keys.append(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode())
         return keys
 
@@ -274,7 +316,7 @@ class FileSource(ImageSource):
 
 
 def as_images(X, key: str = "stat") -> ImageSource:
-    """Validate ``X`` and wrap it in an :class:`ImageSource`.
+    """Validate ``X`` and wrap it in an ``ImageSource``.
 
     Nothing is decoded yet and no file object is read; files are only checked to exist
     (stat'ed).

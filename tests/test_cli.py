@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -33,7 +34,8 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sktransfer import PretrainedFeatureExtractor
+from sktransfer import PretrainedFeatureExtractor, UnreadableImageError, top_imagenet_labels
+from sktransfer._backbone import imagenet_label_names
 from sktransfer._cli import build_parser, main
 from sktransfer._commands import _extractor_params, _override
 from sktransfer.datasets import IMAGE_EXTENSIONS, load_image_folder
@@ -49,6 +51,7 @@ EMBED_OPTIONS = [
     "--out",
     "--weights",
     "--layer",
+    "--top-k",
     "--pooling",
     "--image-size",
     "--batch-size",
@@ -57,6 +60,7 @@ EMBED_OPTIONS = [
     "--extensions",
     "--dask-scheduler",
     "--dask-timeout",
+    "--skip-bad-images",
     "--chunk-size",
     "--no-progress",
 ]
@@ -67,6 +71,7 @@ PREDICT_OPTIONS = [
     "--device",
     "--dask-scheduler",
     "--dask-timeout",
+    "--skip-bad-images",
     "--chunk-size",
     "--no-progress",
 ]
@@ -132,6 +137,19 @@ def embed_args(root, out, checkpoint, *extra):
         str(out),
         *extra,
     ]
+
+
+def folder_with_bad_images(folder):
+    """Six images, two of them unreadable: ``1.png`` (truncated, first chunk of 4) and
+    ``4.png`` (not an image, second chunk); returns the paths of the readable ones."""
+    files = save_images(colour_images(LABELS[:6]), folder)
+    (folder / "1.png").write_bytes((folder / "1.png").read_bytes()[:200])
+    (folder / "4.png").write_bytes(b"not an image")
+    return [str(files[i]) for i in (0, 2, 3, 5)]
+
+
+def last_line(text: str) -> str:
+    return text.rstrip("\n").splitlines()[-1]
 
 
 def read_csv(path) -> list[dict]:
@@ -225,6 +243,91 @@ class TestOptions:
         assert "named after the label columns when the model was fitted on a DataFrame y" in text
         assert "else prediction_0, prediction_1, ..." in text
 
+    def test_out_help_says_where_the_paths_go(self, capsys):
+        with pytest.raises(SystemExit):
+            main(["embed", "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "go one a line into FILE.paths.txt beside it) or FILE.parquet (the paths" in text
+
+
+class TestTypos:
+    @pytest.mark.parametrize(
+        "argv, error",
+        [
+            (
+                ["embed", "imgs", "--modle", "x", "--out", "a.npy"],
+                "sktransfer embed: error: unrecognized arguments: --modle x; did you mean --model?",
+            ),
+            (
+                ["predict", "m.pkl", "imgs", "--out", "p.csv", "--batch-sise=3", "--devise", "cpu"],
+                "sktransfer predict: error: unrecognized arguments: --batch-sise=3 --devise cpu; "
+                "did you mean --batch-size, --device?",
+            ),
+            (
+                ["embed", "imgs", "--out", "a.npy", "--pooling", "avgmx"],
+                "sktransfer embed: error: argument --pooling: invalid choice: 'avgmx' (choose "
+                "from 'avg', 'max', 'avgmax', 'token'); did you mean avgmax?",
+            ),
+            (
+                ["embed", "imgs", "--out", "a.npy", "--zzz"],
+                "sktransfer embed: error: unrecognized arguments: --zzz",
+            ),
+        ],
+        ids=["option", "two options", "choice", "nothing close"],
+    )
+    def test_the_closest_option_is_suggested(self, argv, error, capsys):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"usage: sktransfer {argv[0]} ")
+        assert last_line(err).replace('"', "'") == error  # 3.12 on: no quotes in choices
+
+    def test_the_closest_command_is_suggested(self, capsys):
+        with pytest.raises(SystemExit) as exit_:
+            main(["embedd", "imgs", "--out", "a.npy"])
+        assert exit_.value.code == 2
+        err = last_line(capsys.readouterr().err)
+        assert err.startswith("sktransfer: error: argument COMMAND: invalid choice: 'embedd'")
+        assert err.endswith("; did you mean embed?")
+
+
+class TestCombinations:
+    @pytest.mark.parametrize(
+        "layer, got",
+        [([], "no --layer (the pre-logits features)"), (["--layer=-1,2"], "--layer=-1,2")],
+    )
+    def test_top_k_needs_the_logits(self, layer, got, capsys):
+        with pytest.raises(SystemExit) as exit_:
+            main(["embed", "imgs", "--out", "top.csv", "--top-k", "5", *layer])
+        assert exit_.value.code == 2
+        assert last_line(capsys.readouterr().err) == (
+            f"sktransfer embed: error: --top-k needs --layer logits (the class scores it "
+            f"ranks), got {got}. Add --layer logits, or leave out --top-k."
+        )
+
+    @pytest.mark.parametrize("k", ["0", "1001", "five"])
+    def test_top_k_is_between_1_and_1000(self, k, capsys):
+        with pytest.raises(SystemExit) as exit_:
+            main(["embed", "imgs", "--out", "top.csv", "--layer", "logits", "--top-k", k])
+        assert exit_.value.code == 2
+        assert last_line(capsys.readouterr().err) == (
+            "sktransfer embed: error: argument --top-k: expected an integer between 1 and "
+            f"1000 (ImageNet-1k's classes), got '{k}'"
+        )
+
+    @pytest.mark.parametrize("command", [["embed"], ["predict", "model.pkl"]], ids=str)
+    def test_skip_bad_images_is_refused_on_dask(self, command, capsys):
+        options = ["imgs", "--out", "o.csv", "--skip-bad-images", "--dask-scheduler", "tcp://h:1"]
+        with pytest.raises(SystemExit) as exit_:
+            main([*command, *options])
+        assert exit_.value.code == 2
+        assert last_line(capsys.readouterr().err) == (
+            f"sktransfer {command[0]}: error: --skip-bad-images runs in this process only, "
+            "not with --dask-scheduler: leave out --dask-scheduler to skip unreadable images, "
+            "or remove them from ROOT to run on the cluster."
+        )
+
 
 def test_console_script_help():
     script = Path(sys.executable).parent / "sktransfer"
@@ -261,6 +364,11 @@ class TestEmbed:
         ]
         summary = capsys.readouterr().out
         assert summary.startswith(f"Embedded 14 images (256 features each) into {out} in ")
+        paths_file = tmp_path / "embeddings.paths.txt"
+        assert paths_file.read_text(encoding="utf-8") == "".join(
+            f"{p}\n" for p in relative(paths, root)
+        )
+        assert sorted(os.listdir(tmp_path)) == ["embeddings.npy", "embeddings.paths.txt"]
 
     def test_parquet_has_relative_paths_then_one_column_per_feature(
         self, root, paths, reference, tiny_checkpoint, tmp_path
@@ -581,6 +689,199 @@ class TestErrors:
         err = capsys.readouterr().err
         assert err.startswith(f"sktransfer: error: No Dask scheduler answered at {address!r}")
         assert not out.exists()
+
+
+# ---------------------------------------------------------------------- logits
+
+
+@pytest.fixture(scope="module")
+def logits(tiny_checkpoint, paths):
+    """The class scores of the tiny model (1000 outputs, as ImageNet-1k's) for the folder."""
+    extractor = tiny_extractor(weights=tiny_checkpoint, batch_size=CHUNK, layer="logits")
+    return extractor.fit().transform(list(paths))
+
+
+class TestLogits:
+    @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+    def test_top_k_writes_the_labels_and_softmax_scores(
+        self, suffix, logits, root, paths, tiny_checkpoint, tmp_path, capsys
+    ):
+        out = tmp_path / f"top3{suffix}"
+        extra = ["--layer", "logits", "--top-k", "3"]
+        assert main(embed_args(root, out, tiny_checkpoint, *extra)) == 0
+        assert capsys.readouterr().out.startswith(
+            f"Embedded 14 images (top 3 labels each) into {out} in "
+        )
+        if suffix == ".csv":
+            rows = read_csv(out)
+        else:
+            table = pytest.importorskip("pyarrow.parquet").read_table(out)
+            assert [str(t) for t in table.schema.types] == ["string"] * 4 + ["double"] * 3
+            rows = table.to_pylist()
+        columns = ["path", "label_1", "label_2", "label_3", "score_1", "score_2", "score_3"]
+        assert list(rows[0]) == columns
+        assert [r["path"] for r in rows] == relative(paths, root)
+        expected = top_imagenet_labels(logits, k=3)
+        assert [[r[f"label_{j}"] for j in (1, 2, 3)] for r in rows] == [
+            [label for label, _ in top] for top in expected
+        ]
+        scores = [[float(r[f"score_{j}"]) for j in (1, 2, 3)] for r in rows]
+        assert scores == [[score for _, score in top] for top in expected]
+        assert sorted(os.listdir(tmp_path)) == [out.name]
+
+    def test_top_k_needs_a_model_with_1000_outputs(self, root, tmp_path, capsys):
+        weights = tmp_path / "ten_classes.pth"
+        save_checkpoint(weights, TINY_MODEL, num_classes=10)
+        out = tmp_path / "top.csv"
+        extra = ["--layer", "logits", "--top-k", "2"]
+        assert main(embed_args(root, out, weights, *extra)) == 2
+        assert capsys.readouterr().err == (
+            f"sktransfer: error: --top-k names ImageNet-1k classes, and {TINY_MODEL} gives 10 "
+            "class scores, not 1000. Pick a model with an ImageNet-1k head (such as "
+            "efficientnet_b0.ra_in1k), or leave out --top-k to write its 10 scores.\n"
+        )
+        assert not out.exists()
+
+    def test_top_k_writes_no_npy(self, root, tmp_path, capsys):
+        out = tmp_path / "top.npy"
+        args = ["embed", str(root), "--out", str(out), "--layer", "logits", "--top-k", "2"]
+        assert main(args) == 2
+        assert capsys.readouterr().err == (
+            f"sktransfer: error: --out {str(out)!r}: cannot write .npy; the supported formats "
+            "with --top-k are .csv, .parquet. Name the output accordingly.\n"
+        )
+
+    def test_parquet_logits_are_named_after_the_imagenet_classes(
+        self, logits, root, tiny_checkpoint, tmp_path
+    ):
+        pq = pytest.importorskip("pyarrow.parquet")
+        out = tmp_path / "logits.parquet"
+        assert main(embed_args(root, out, tiny_checkpoint, "--layer", "logits")) == 0
+        table = pq.read_table(out)
+        names = table.column_names[1:]
+        assert names[:2] == ["tench, Tinca tinca", "goldfish, Carassius auratus"]
+        assert (names[134], names[517]) == ("crane (134)", "crane (517)")  # one name, 2 classes
+        assert [n.split(" (")[0] for n in names] == [
+            n.split(" (")[0] for n in imagenet_label_names()
+        ]
+        assert len(set(names)) == 1000
+        rows = np.column_stack([table.column(n).to_numpy() for n in names])
+        np.testing.assert_array_equal(rows, logits)
+
+    def test_parquet_logits_of_another_head_keep_the_feature_names(self, root, tmp_path):
+        pq = pytest.importorskip("pyarrow.parquet")
+        weights = tmp_path / "ten_classes.pth"
+        save_checkpoint(weights, TINY_MODEL, num_classes=10)
+        out = tmp_path / "logits.parquet"
+        assert main(embed_args(root, out, weights, "--layer", "logits")) == 0
+        names = [f"pretrainedfeatureextractor{j}" for j in range(10)]
+        assert pq.read_table(out).column_names == ["path", *names]
+
+
+# ---------------------------------------------------------------------- bad images
+
+
+class TestSkipBadImages:
+    @pytest.mark.parametrize("suffix", [".npy", ".parquet"])
+    def test_embed_leaves_them_out_and_lists_them(self, suffix, tiny_checkpoint, tmp_path, capsys):
+        folder = tmp_path / "images"
+        good = folder_with_bad_images(folder)
+        out = tmp_path / f"e{suffix}"
+        assert main(embed_args(folder, out, tiny_checkpoint, "--skip-bad-images")) == 0
+        report = tmp_path / "e.skipped.csv"
+        summary = capsys.readouterr().out
+        assert summary.startswith(f"Embedded 4 images (256 features each) into {out} in ")
+        assert summary.endswith(f" s; skipped 2 unreadable images (listed in {report}).\n")
+        expected = tiny_extractor(weights=tiny_checkpoint, batch_size=CHUNK).fit().transform(good)
+        if suffix == ".npy":
+            rows = np.load(out)  # the header states the 4 rows written, not 6
+            names = (tmp_path / "e.paths.txt").read_text(encoding="utf-8").splitlines()
+        else:
+            table = pytest.importorskip("pyarrow.parquet").read_table(out)
+            rows = np.column_stack([c.to_numpy() for c in table.columns[1:]])
+            names = table.column("path").to_pylist()
+        assert_same_embedding(rows, expected)
+        assert names == ["0.png", "2.png", "3.png", "5.png"]
+        skipped = read_csv(report)
+        assert [list(r) for r in skipped] == [["path", "error"]] * 2
+        assert [r["path"] for r in skipped] == ["1.png", "4.png"]
+        assert skipped[0]["error"].startswith(
+            f"Image 1 ('{folder / '1.png'}') is truncated or corrupt: "
+        )
+        assert (
+            skipped[1]["error"]
+            == f"Image 4 ('{folder / '4.png'}') is not an image file PIL can decode."
+        )
+
+    def test_predict_leaves_them_out_and_lists_them(self, classifier, tmp_path, capsys):
+        folder = tmp_path / "images"
+        good = folder_with_bad_images(folder)
+        model_file, out = tmp_path / "model.joblib", tmp_path / "p.csv"
+        joblib.dump(classifier, model_file)
+        args = ["predict", str(model_file), str(folder), "--out", str(out), "--chunk-size", "4"]
+        assert main([*args, "--skip-bad-images", "--no-progress"]) == 0
+        summary = capsys.readouterr().out
+        assert summary.startswith(f"Predicted 4 images into {out} in ")
+        report = tmp_path / "p.skipped.csv"
+        assert summary.endswith(f" s; skipped 2 unreadable images (listed in {report}).\n")
+        rows = read_csv(out)
+        assert [r["path"] for r in rows] == ["0.png", "2.png", "3.png", "5.png"]
+        assert [r["prediction"] for r in rows] == classifier.predict(good).tolist()
+        assert [r["path"] for r in read_csv(report)] == ["1.png", "4.png"]
+
+    def test_none_skipped_gives_an_empty_list_and_a_later_run_without_the_flag_removes_it(
+        self, root, tiny_checkpoint, tmp_path, capsys
+    ):
+        out, report = tmp_path / "e.npy", tmp_path / "e.skipped.csv"
+        assert main(embed_args(root, out, tiny_checkpoint, "--skip-bad-images")) == 0
+        assert capsys.readouterr().out.endswith(
+            f" s; skipped 0 unreadable images (listed in {report}).\n"
+        )
+        assert report.read_bytes() == b"path,error\r\n"  # the csv module's line ends
+        assert main(embed_args(root, out, tiny_checkpoint)) == 0
+        assert sorted(os.listdir(tmp_path)) == ["e.npy", "e.paths.txt"]  # it described another run
+
+    def test_every_image_unreadable_writes_nothing(self, tiny_checkpoint, tmp_path, capsys):
+        folder = tmp_path / "images"
+        folder.mkdir()
+        for name in ("a.png", "b.png"):
+            (folder / name).write_bytes(b"not an image")
+        out = tmp_path / "e.npy"
+        assert main(embed_args(folder, out, tiny_checkpoint, "--skip-bad-images")) == 2
+        assert capsys.readouterr().err == (
+            f"sktransfer: error: None of the 2 images under {folder} can be read, so nothing "
+            f"was written. The first: Image 0 ('{folder / 'a.png'}') is not an image file PIL "
+            "can decode.\n"
+        )
+        assert sorted(os.listdir(tmp_path)) == ["images"]
+
+    def test_a_failed_run_leaves_the_npy_and_its_paths_untouched(
+        self, tiny_checkpoint, tmp_path, capsys
+    ):
+        folder = tmp_path / "images"
+        folder_with_bad_images(folder)
+        out, paths_file = tmp_path / "e.npy", tmp_path / "e.paths.txt"
+        out.write_bytes(b"the previous output")
+        paths_file.write_text("its paths\n")
+        assert main(embed_args(folder, out, tiny_checkpoint)) == 2  # no --skip-bad-images
+        err = capsys.readouterr().err
+        assert err.startswith(f"sktransfer: error: Image 1 ('{folder / '1.png'}') is truncated")
+        assert out.read_bytes() == b"the previous output"
+        assert paths_file.read_text() == "its paths\n"
+        assert sorted(os.listdir(tmp_path)) == ["e.npy", "e.paths.txt", "images"]
+
+    def test_the_error_names_the_file_and_travels_whole(self, tiny_checkpoint, tmp_path):
+        folder = tmp_path / "images"
+        folder_with_bad_images(folder)
+        extractor = tiny_extractor(weights=tiny_checkpoint).fit()
+        files = sorted(str(p) for p in folder.iterdir())
+        with pytest.raises(UnreadableImageError, match=r"^Image 1 \(.*\) is truncated") as info:
+            extractor.transform(files)
+        copy = pickle.loads(pickle.dumps(info.value))  # as Dask sends it back
+        for error in (info.value, copy):
+            assert isinstance(error, ValueError)
+            assert (error.index, error.path) == (1, str(folder / "1.png"))
+            assert str(error) == str(info.value)
 
 
 # ---------------------------------------------------------------------- Dask
