@@ -72,7 +72,7 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
     history_ : list of dict
         Per-epoch records of both stages: ``epoch``, ``stage``, ``train_loss``,
         ``train_acc`` (without mixing), ``dur``, and with validation ``valid_loss`` and
-        ``valid_acc``. See :class:`TrainingHistoryDisplay`.
+        ``valid_acc``. See [`TrainingHistoryDisplay`][sktransfer.TrainingHistoryDisplay].
     n_groups_ : int
         Number of block groups of the backbone.
     frozen_groups_ : int
@@ -137,7 +137,7 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
         precision="auto",
         num_workers=0,
         random_state=None,
-        verbose=False,
+        verbose="auto",
         callbacks=None,
         memory=None,
         cache_key="stat",
@@ -227,7 +227,7 @@ class FineTunedClassifier(ClassifierMixin, FineTunedEstimator):
     def predict(self, X, sample_domain=None):
         """Predicted labels: 1-D, a 0/1 indicator matrix for multilabel targets, or one
         column per label column (multi-task). ``sample_domain`` is ignored, as in
-        :meth:`predict_proba`."""
+        [`predict_proba`][sktransfer.FineTunedClassifier.predict_proba]."""
         proba = self.predict_proba(X)
         if self.multitask_:
             columns = [c[np.argmax(p, axis=1)] for c, p in zip(self.classes_, proba, strict=True)]

@@ -1,7 +1,7 @@
 """Parameter documentation written once and composed into each estimator's docstring.
 
 An estimator's docstring holds a line ``{{name}}`` where the paragraphs of a parameter
-(or of a group in :data:`GROUPS`) belong; :func:`compose` (a class decorator) puts them
+(or of a group in ``GROUPS``) belong; ``compose`` (a class decorator) puts them
 there. ``tests/test_docstrings.py`` checks that each estimator's signature, constraints and
 documented parameters agree, in order, and that a parameter documented by several
 estimators reads the same in each.
@@ -17,12 +17,13 @@ model : str, default="efficientnet_b0.ra_in1k"
     Any timm model name, with or without a pretrained tag (``"resnet50.a1_in1k"``).""",
     "weights": """\
 weights : "pretrained", None, path-like or fitted fine-tuner, default="pretrained"
-    As in :class:`PretrainedFeatureExtractor`: hub weights (cache-aware), random
-    initialisation, or a local checkpoint (such as a file of :meth:`save_weights`).
-    A fitted :class:`FineTunedClassifier` or :class:`FineTunedRegressor` (bare, or
-    in ``sklearn.frozen.FrozenEstimator`` to survive ``clone`` in searches) starts
-    from its fine-tuned backbone with a new head: sequential transfer (with the
-    preprocessing it was trained with, unless ``preprocessing`` states one).""",
+    As in [`PretrainedFeatureExtractor`][sktransfer.PretrainedFeatureExtractor]: hub weights
+    (cache-aware), random initialisation, or a local checkpoint (such as a file of
+    ``save_weights``). A fitted [`FineTunedClassifier`][sktransfer.FineTunedClassifier] or
+    [`FineTunedRegressor`][sktransfer.FineTunedRegressor] (bare, or in
+    ``sklearn.frozen.FrozenEstimator`` to survive ``clone`` in searches) starts from its fine-tuned
+    backbone with a new head: sequential transfer (with the preprocessing it was trained with,
+    unless ``preprocessing`` states one).""",
     "freeze_depth": """\
 freeze_depth : int, float or "all", default=0
     How many of the backbone's block groups (timm's ``group_matcher(coarse=True)``:
@@ -138,8 +139,13 @@ num_workers : int, default=0
 random_state : int, RandomState or None, default=None
     Seeds the head, the validation split, shuffling and dropout; fixes CPU training.""",
     "verbose": """\
-verbose : bool, default=False
-    Print skorch's epoch table and a progress bar.""",
+verbose : "auto", bool or int, default="auto"
+    What running work shows on standard error. ``"auto"``: as ``True`` where a person
+    watches (a terminal or a notebook, in the main process and thread), as ``False``
+    in logs, CI and the workers of ``GridSearchCV(n_jobs=...)``, Dask or a thread pool.
+    ``False`` or 0: nothing. ``True`` or 1: progress bars that count images (the
+    one-time decode and frozen-layer pass, each epoch, each prediction) and, while
+    training, one line per epoch numbered across stages as in ``history_``.""",
     "callbacks": """\
 callbacks : list of skorch callbacks or None, default=None
     Extra callbacks (instances, or ``(name, callback)`` pairs), added to every
@@ -148,9 +154,9 @@ callbacks : list of skorch callbacks or None, default=None
     "memory": """\
 memory : str, path-like, joblib.Memory or None, default=None
     Folder of the per-image activation cache, shared with
-    :class:`PretrainedFeatureExtractor` (same keys): frozen activations at each cut
-    point, and pooled features, are computed once per image across fits. ``fit``
-    creates the folder; prediction uses it only where it exists, so a model loaded
+    [`PretrainedFeatureExtractor`][sktransfer.PretrainedFeatureExtractor] (same keys): frozen
+    activations at each cut point, and pooled features, are computed once per image across fits.
+    ``fit`` creates the folder; prediction uses it only where it exists, so a model loaded
     elsewhere writes no folder of its own. A path naming a file raises.""",
     "cache_key": """\
 cache_key : {"stat", "content"}, default="stat"

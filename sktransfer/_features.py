@@ -26,6 +26,7 @@ from ._options import (
     PREPROCESSING_PRESETS,
 )
 from ._params import CALL_PARAMETERS, HasMethods, Interval, Options, validate_params
+from ._progress import shows_progress
 from ._rows import cached_rows, namespace
 from ._state import StoredAsData, swap_in
 
@@ -39,10 +40,10 @@ class PretrainedFeatureExtractor(
     """Embed images with a pretrained timm backbone.
 
     A scikit-learn transformer: images in, a float32 array of embeddings out. The backbone
-    is loaded in :meth:`fit` (never in ``__init__``), runs in eval mode under
-    ``torch.inference_mode``, batched, on the best available device, and preprocesses
-    images exactly as the model was trained (size, crop, interpolation, mean and std from
-    its pretrained config). With ``memory``, each image is embedded once across all the
+    is loaded in [`fit`][sktransfer.PretrainedFeatureExtractor.fit] (never in ``__init__``), runs in
+    eval mode under ``torch.inference_mode``, batched, on the best available device, and
+    preprocesses images exactly as the model was trained (size, crop, interpolation, mean and std
+    from its pretrained config). With ``memory``, each image is embedded once across all the
     folds and candidates of a grid search.
 
     Parameters
@@ -56,8 +57,8 @@ class PretrainedFeatureExtractor(
         order and shape match, it loads by order. A file that does not fit raises.
     layer : None, "logits", int or list of int, default=None
         ``None``: the pooled pre-logits features (the usual embedding). ``"logits"``: the
-        original head's class scores (see :func:`top_imagenet_labels`). An int or a list
-        of ints: the outputs of those blocks (feature levels of timm's
+        original head's class scores (see [`top_imagenet_labels`][sktransfer.top_imagenet_labels]).
+        An int or a list of ints: the outputs of those blocks (feature levels of timm's
         ``forward_intermediates``; negative indices count from the top), each pooled,
         concatenated.
     pooling : {"avg", "max", "avgmax", "token"} or None, default=None
@@ -78,8 +79,7 @@ class PretrainedFeatureExtractor(
         ``fit`` creates the folder; ``transform`` uses it only where it exists, so a
         model loaded elsewhere creates none (see Serving). A file is refused.
     {{cache_key}}
-    verbose : bool, default=False
-        Show a progress bar while embedding.
+    {{verbose}}
 
     Attributes
     ----------
@@ -146,7 +146,7 @@ class PretrainedFeatureExtractor(
         num_workers=0,
         memory=None,
         cache_key="stat",
-        verbose=False,
+        verbose="auto",
     ):
         self.model = model
         self.weights = weights
@@ -246,7 +246,7 @@ class PretrainedFeatureExtractor(
             precision=self.precision_,
             num_workers=self.num_workers,
             channels_last=_backbone.prefers_channels_last(self.backbone_),
-            verbose=bool(self.verbose),
+            verbose=shows_progress(self.verbose),
             on_rows=on_rows,
         )
 

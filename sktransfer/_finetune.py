@@ -1,9 +1,9 @@
 """The scikit-learn face shared by the fine-tuners: parameters, ``fit`` and prediction.
 
-A subclass says what its targets are (:meth:`FineTunedEstimator._encode_targets`: a
-:class:`~sktransfer._targets.Targets` with its objective) and how the network's outputs
-become predictions; this module builds the :class:`~._finetuning.TrainingPlan`, hands it
-to the fine-tuning core (:func:`sktransfer._finetuning.train`) and runs prediction.
+A subclass says what its targets are (``FineTunedEstimator._encode_targets``: a
+``Targets`` with its objective) and how the network's outputs
+become predictions; this module builds the ``TrainingPlan``, hands it
+to the fine-tuning core (``sktransfer._finetuning.train``) and runs prediction.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from ._params import (
     parse_bytes,
     validate_params,
 )
+from ._progress import shows_progress
 from ._state import StoredAsData, swap_in
 from ._targets import (
     Targets,
@@ -71,11 +72,12 @@ from ._warnings import warn
 
 
 class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
-    """Base class of :class:`FineTunedClassifier` and :class:`FineTunedRegressor`.
+    """Base class of [`FineTunedClassifier`][sktransfer.FineTunedClassifier] and
+    [`FineTunedRegressor`][sktransfer.FineTunedRegressor].
 
     Not meant to be used directly: the subclasses declare the parameters (their
     ``__init__`` lists the shared ones first, in the order of ``_param_constraints``)
-    and document them (:mod:`sktransfer._docs`).
+    and document them (``sktransfer._docs``).
     """
 
     _param_constraints: dict = {
@@ -245,7 +247,7 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
         return source.subset(source_rows), take_rows(y, source_rows), weights, target
 
     def _encoded_source_targets(self, y, n_source: int, weights, n_images: int) -> Targets:
-        """:meth:`_encode_targets` of the source rows; an error says when target rows
+        """``_encode_targets`` of the source rows; an error says when target rows
         were set aside first, since its counts and indices are then the source's."""
         try:
             return self._encode_targets(y, n_source, weights)
@@ -261,7 +263,7 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
     def _start_backbone(self, n_outputs: int, seed: int, adaptation, preprocessing):
         """The starting backbone with a new head of ``n_outputs``, and what names its
         weights in the cache (given the fit's ``adaptation`` strategy); ``preprocessing``:
-        what the fit states of the weights (:meth:`_preprocessing`)."""
+        what the fit states of the weights (``_preprocessing``)."""
         backbone = _backbone.create_backbone(
             self.model,
             self._starting_weights(),
@@ -275,7 +277,7 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
         return backbone, identity
 
     def _starting_weights(self):
-        """``weights`` as :func:`_backbone.create_backbone` takes them: a fitted
+        """``weights`` as ``_backbone.create_backbone`` takes them: a fitted
         fine-tuner (sequential transfer) gives its fine-tuned backbone's state dict."""
         donor = self.weights
         if isinstance(donor, FrozenEstimator):
@@ -309,7 +311,8 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
         ``safetensors`` package) or ``.pt``/``.pth`` (``torch.save``). ``weights=path``
         of any sktransfer estimator loads it: a new fine-tune starts from this one
         (sequential transfer; the head is replaced), and a
-        :class:`PretrainedFeatureExtractor` embeds with the fine-tuned backbone.
+        [`PretrainedFeatureExtractor`][sktransfer.PretrainedFeatureExtractor] embeds with the
+        fine-tuned backbone.
 
         Parameters
         ----------
@@ -343,7 +346,7 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
                 device,
                 "bfloat16" if precision == "float16" else precision,
                 self.num_workers,
-                bool(self.verbose),
+                shows_progress(self.verbose),
                 tuple(named_callbacks(self.callbacks or ())),
             ),
             regularisation=Regularisation(
@@ -430,7 +433,13 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
         check_is_fitted(self)
         validate_params(self, CALL_PARAMETERS)
         source = as_images(X, key=self.cache_key)
-        run = dict(batch_size=self.batch_size, device=self.device_, precision=self.precision_)
+        run = dict(
+            batch_size=self.batch_size,
+            device=self.device_,
+            precision=self.precision_,
+            num_workers=self.num_workers,
+            verbose=shows_progress(self.verbose),
+        )
         if self.memory is not None and self.cache_identity_ and self.tta is None:
             return outputs_from_frozen_rows(
                 self.backbone_,
@@ -440,18 +449,10 @@ class FineTunedEstimator(StoredAsData, ExportsOnnx, BaseEstimator):
                 head_only=self.frozen_groups_ == self.n_groups_,
                 cfg=self.data_config_,
                 caching=Caching(existing_memory(self.memory), self.cache_identity_),
-                num_workers=self.num_workers,
                 **run,
             )
         network = ViewAverage(self.backbone_, TTA_VIEWS[self.tta], activation)
-        return outputs_of_images(
-            network,
-            source,
-            self.data_config_,
-            num_workers=self.num_workers,
-            verbose=bool(self.verbose),
-            **run,
-        )
+        return outputs_of_images(network, source, self.data_config_, **run)
 
     def _placed_on(self, state: dict, device) -> dict:
         """Loaded (or moved) onto ``device``, the precision is resolved for it."""

@@ -3,10 +3,10 @@
 timm downloads pretrained weights through huggingface_hub, which retries a request that
 cannot connect five times with back-off, for each file name timm tries: 47-78 s before
 an error when the network is down. Before timm asks, one TCP connection (at most
-:data:`CONNECT_TIMEOUT` seconds) tells whether the server, or the proxy in between,
+``CONNECT_TIMEOUT`` seconds) tells whether the server, or the proxy in between,
 answers. When it does not, timm runs with huggingface_hub in offline mode: the weights
 load from the local cache when they are there, and the fit fails at once otherwise,
-naming the ways out (:func:`failure_message`).
+naming the ways out (``failure_message``).
 
 This module imports neither torch nor timm; huggingface_hub only when it is used.
 """
@@ -59,7 +59,7 @@ def hub_endpoint() -> str:
 
 def unreachable(url: str) -> str | None:
     """Why the server of ``url`` (or the proxy that requests to it go through) cannot be
-    reached, or None when it answers. Answers are reused for :data:`REMEMBERED_FOR` s."""
+    reached, or None when it answers. Answers are reused for ``REMEMBERED_FOR`` s."""
     parts = urllib.parse.urlsplit(url)
     proxy = urllib.request.getproxies().get(parts.scheme)
     if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):

@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import _backbone
 from ._device import autocast
 from ._images import ImageSource, iter_batches
+from ._progress import image_bar
 from ._rows import ComputeRows, empty_rows
 
 
@@ -37,7 +37,7 @@ def run_batches(
 ) -> np.ndarray:
     """Run ``forward`` on the images at ``positions`` (all by default), batch by batch.
 
-    The caller puts the model in eval mode; see :func:`run_forward` for the rest.
+    The caller puts the model in eval mode; see ``run_forward`` for the rest.
     """
     positions = np.arange(len(source)) if positions is None else np.asarray(positions)
     batches = (b for _, b in iter_batches(source, transform, batch_size, num_workers, positions))
@@ -50,7 +50,6 @@ def run_batches(
         channels_last=channels_last,
         verbose=verbose,
         desc=desc,
-        n_batches=-(-len(positions) // batch_size),
         allocate=allocate,
         on_rows=on_rows,
     )
@@ -72,7 +71,6 @@ def run_forward(
     channels_last: bool = False,
     verbose: bool = False,
     desc: str = "embedding",
-    n_batches: int | None = None,
     allocate: Callable = empty_rows,
     on_rows: Callable | None = None,
 ) -> np.ndarray:
@@ -82,12 +80,14 @@ def run_forward(
     The array comes from ``allocate(shape)`` once the first output gives the row shape
     (an in-memory array by default, or a memory map), so results are never concatenated.
     After each batch, ``on_rows(positions, rows)`` (if given) receives its rows and
-    their positions in that array.
+    their positions in that array. With ``verbose``, a bar named ``desc`` counts the
+    images.
     """
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     out, start = None, 0
-    with torch.inference_mode(), autocast(device, precision):
-        for batch in tqdm(batches, total=n_batches, desc=desc, disable=not verbose):
+    bar = image_bar(n_rows, desc, enabled=verbose)
+    with bar, torch.inference_mode(), autocast(device, precision):
+        for batch in batches:
             if batch.ndim == 4:
                 batch = batch.to(device, non_blocking=True, memory_format=memory_format)
             else:
@@ -99,15 +99,26 @@ def run_forward(
             if on_rows is not None:
                 on_rows(np.arange(start, start + len(rows)), rows)
             start += len(rows)
+            bar.update(len(rows))
     if out is None:
         return np.empty((0, 0), dtype=np.float32)
     return out
 
 
 def frozen_bottom(
-    split, source: ImageSource, positions, transform, *, batch_size, device, num_workers
+    split,
+    source: ImageSource,
+    positions,
+    transform,
+    *,
+    batch_size,
+    device,
+    num_workers,
+    verbose=False,
+    desc="frozen layers",
 ) -> ComputeRows:
-    """The rows of ``split``'s frozen bottom on the images at ``positions`` of ``source``."""
+    """The rows of ``split``'s frozen bottom on the images at ``positions`` of ``source``
+    (with ``verbose``, a bar named ``desc`` counts the images)."""
     channels_last = _backbone.prefers_channels_last(split.model)
 
     def compute(rows, allocate, on_rows=None):
@@ -121,6 +132,8 @@ def frozen_bottom(
             precision="float32",
             num_workers=num_workers,
             channels_last=channels_last,
+            verbose=verbose,
+            desc=desc,
             allocate=allocate,
             on_rows=on_rows,
         )

@@ -3,7 +3,7 @@
 The command line shows and checks these (``sktransfer --help`` answers without importing
 torch, timm or scikit-learn), and the estimators, the backbone module and the datasets
 use the same objects: the extractor's defaults, the global poolings, the preprocessing
-presets (timm's constants, pinned against timm by ``tests/test_cli.py``), the image
+presets (timm's constants, pinned against timm by ``tests/test_first_hour.py``), the image
 file endings and the chunk size of a distributed run.
 """
 

@@ -4,17 +4,17 @@ scikit-learn's own validator (``sklearn.utils._param_validation`` and
 ``sklearn.base._fit_context``) is private and changes without deprecation, so
 sktransfer keeps a small one of its own, as imbalanced-learn does. An estimator lists its
 constraints in ``_param_constraints`` (name -> list of accepted kinds) and calls
-:func:`validate_params` at the start of ``fit``. A parameter is valid when it satisfies
+``validate_params`` at the start of ``fit``. A parameter is valid when it satisfies
 any one of its constraints:
 
 - a type (``str``, ``dict``, ``os.PathLike`` ...): an instance of it;
 - ``None``: the value ``None``;
 - ``callable``: any callable;
-- :class:`Interval`: a number of the given kind within bounds (bools are not numbers);
-- :class:`Options`: one of a set of values;
-- :class:`HasMethods`: an object with the named methods;
+- ``Interval``: a number of the given kind within bounds (bools are not numbers);
+- ``Options``: one of a set of values;
+- ``HasMethods``: an object with the named methods;
 - ``"random_state"``: ``None``, an int or a ``numpy.random.RandomState``;
-- ``"verbose"``: a bool or an int.
+- ``"verbose"``: ``"auto"``, a bool or an int.
 
 Booleans are numbers only where a constraint says so (``"verbose"``): ``True`` is not 1
 for an ``Interval`` or a numeric type such as ``Integral``, and a list or tuple holding a
@@ -114,7 +114,7 @@ def _satisfies(constraint, value) -> bool:
     if constraint == "random_state":
         return value is None or _is_int(value) or isinstance(value, np.random.RandomState)
     if constraint == "verbose":
-        return _is_bool(value) or _is_int(value)
+        return (isinstance(value, str) and value == "auto") or _is_bool(value) or _is_int(value)
     if isinstance(constraint, type):
         return isinstance(value, constraint) and not _bool_as_number(value, constraint)
     return value in constraint
@@ -151,7 +151,7 @@ def _describe(constraint) -> str:
     if constraint == "random_state":
         return "an int, a numpy.random.RandomState or None"
     if constraint == "verbose":
-        return "a bool or an int"
+        return "'auto', a bool or an int"
     if constraint is Integral:
         return "an int"
     if isinstance(constraint, type):

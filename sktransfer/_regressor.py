@@ -18,8 +18,8 @@ class FineTunedRegressor(RegressorMixin, FineTunedEstimator):
     """Fine-tune a pretrained timm backbone as a scikit-learn regressor.
 
     The same two-stage schedule, caching, pickling and scikit-learn integration as
-    :class:`FineTunedClassifier`, with a linear head of one output per target column.
-    Targets are standardised per column inside ``fit`` (the loss sees zero-mean,
+    [`FineTunedClassifier`][sktransfer.FineTunedClassifier], with a linear head of one output per
+    target column. Targets are standardised per column inside ``fit`` (the loss sees zero-mean,
     unit-variance targets, so one learning rate suits any unit) and predictions are
     returned in the original units. ``score`` is R² (averaged over columns for
     multi-output ``y``).
@@ -42,7 +42,7 @@ class FineTunedRegressor(RegressorMixin, FineTunedEstimator):
         Whether ``y`` was 2-D (then ``predict`` returns 2-D).
     backbone_, device_, history_, n_groups_, frozen_groups_, data_config_, cached_activations_, \
 cache_identity_
-        As in :class:`FineTunedClassifier`.
+        As in [`FineTunedClassifier`][sktransfer.FineTunedClassifier].
 
     See Also
     --------
@@ -92,7 +92,7 @@ cache_identity_
         precision="auto",
         num_workers=0,
         random_state=None,
-        verbose=False,
+        verbose="auto",
         callbacks=None,
         memory=None,
         cache_key="stat",

@@ -26,7 +26,6 @@ EXTRACTOR_OWN = {
     "precision": "a fine-tuner trains in bfloat16 where the extractor would use float16",
     "num_workers": "a fine-tuner decodes augmented batches in processes",
     "memory": "a fine-tuner caches frozen activations, not only embeddings",
-    "verbose": "a fine-tuner prints skorch's epoch table",
 }
 
 

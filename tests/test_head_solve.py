@@ -180,8 +180,11 @@ class TestHistory:
 
     def test_verbose_prints_the_solve(self, three_colours, capsys):
         X, y = three_colours
-        tiny(freeze_depth="all", verbose=True).fit(X, y)
-        assert "head stage solved on pooled features" in capsys.readouterr().out
+        clf = tiny(freeze_depth="all", verbose=True).fit(X, y)
+        lines = [line for line in capsys.readouterr().err.splitlines() if "epoch" in line]
+        penalty = clf.history_[0]["head_penalty"]
+        assert len(lines) == 1 and lines[0].startswith("epoch 1/1 head: ")
+        assert f"head_penalty {penalty:.4g}" in lines[0]
 
     def test_user_callbacks_do_not_run_in_a_solved_stage(self, three_colours):
         X, y = three_colours

@@ -1,5 +1,5 @@
-"""The callbacks of a stage (accuracy, weight averaging, the stage's name), the user's
-callbacks as skorch's named pairs, and the learning-rate schedule."""
+"""The callbacks of a stage (accuracy, weight averaging, the stage's name, progress), the
+user's callbacks as skorch's named pairs, and the learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import math
 import reprlib
 
 from skorch.callbacks import Callback
+from skorch.dataset import get_len
 
+from .._progress import epoch_line, image_bar, write_line
 from ._objectives import label_hits
 
 
@@ -63,7 +65,7 @@ class _WarmupCosine:
 class Accuracy(Callback):
     """Record ``train_acc`` and ``valid_acc`` from the outputs of the training and
     validation steps (no extra forward). ``hits(y_pred, y)`` scores each image (see
-    :func:`label_hits`). Training accuracy is of the model while it trains (dropout on),
+    ``label_hits``). Training accuracy is of the model while it trains (dropout on),
     as Keras reports it; ``train=False`` skips it (mixed batches)."""
 
     def __init__(self, hits=label_hits, train=True):
@@ -110,3 +112,29 @@ class StageName(Callback):
 
     def on_epoch_end(self, net, **kwargs):
         net.history.record("stage", self.stage)
+
+
+class EpochProgress(Callback):
+    """A bar over each epoch's images and, when the epoch ends, its line of ``history_``
+    (``epoch_line``); epochs are numbered from
+    ``first_epoch`` of ``total_epochs``, across the stages of a fit."""
+
+    def __init__(self, first_epoch: int, total_epochs: int):
+        self.first_epoch = first_epoch
+        self.total_epochs = total_epochs
+
+    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        images = len(dataset_train) + (0 if dataset_valid is None else len(dataset_valid))
+        desc = f"epoch {self._number(net)}/{self.total_epochs}"
+        self.bar_ = image_bar(images, desc, enabled=True)
+
+    def on_batch_end(self, net, batch=None, **kwargs):
+        self.bar_.update(get_len(batch[0]))
+
+    def on_epoch_end(self, net, **kwargs):
+        self.bar_.close()
+        record = {**net.history[-1], "epoch": self._number(net)}
+        write_line(epoch_line(record, self.total_epochs))
+
+    def _number(self, net) -> int:
+        return self.first_epoch + len(net.history) - 1

@@ -3,7 +3,7 @@
 When the last (or only) stage of a fit trains only a linear head, on pooled features
 computed once (no augmentation), with unmixed targets and a smooth loss, the stage is a
 convex problem: a (multinomial) logistic regression for labels, a ridge regression for
-squared error. A few epochs of AdamW stop far from its optimum; :func:`solve_head`
+squared error. A few epochs of AdamW stop far from its optimum; ``solve_head``
 solves it instead, the way scikit-learn's ``LogisticRegressionCV`` does:
 
 - the features are standardised (the training rows' mean and standard deviation; a
@@ -13,9 +13,9 @@ solves it instead, the way scikit-learn's ``LogisticRegressionCV`` does:
   weights included), averaged over the rows, plus ``penalty / 2`` times the squared
   norm of the head's weight (never its bias), minimised by full-batch L-BFGS with a
   strong-Wolfe line search until the largest gradient entry falls below
-  :data:`TOLERANCE` (at most :data:`MAX_ITER` iterations);
-- the penalty is chosen among :data:`INVERSE_PENALTIES` (``C``, as in scikit-learn:
-  ``penalty = 1 / (C * n_train)``) by :data:`FOLDS`-fold cross-validation of the
+  ``TOLERANCE`` (at most ``MAX_ITER`` iterations);
+- the penalty is chosen among ``INVERSE_PENALTIES`` (``C``, as in scikit-learn:
+  ``penalty = 1 / (C * n_train)``) by ``FOLDS``-fold cross-validation of the
   unpenalised loss on the training rows (stratified by class where the objective has
   classes), warm-started along the grid from the strongest penalty; the head is then
   refitted on every training row, from the mean of the folds' solutions. With fewer
@@ -56,7 +56,7 @@ TOLERANCE = 1e-5
 def solvable(plan, backbone, stage, inputs) -> bool:
     """Whether ``stage`` is solved here rather than stepped by epochs: it is the fit's
     last stage (nothing after it changes the features its head is solved on), or a head
-    stage the plan asks to converge (``Schedule.converge_head``), and :func:`convex`
+    stage the plan asks to converge (``Schedule.converge_head``), and ``convex``
     holds. A head stage asked to converge that is not convex raises ``ValueError``."""
     last = stage is plan.schedule.training[-1]
     asked = plan.schedule.converge_head and stage.head_only(backbone)
@@ -164,7 +164,7 @@ class Standardiser:
 
 
 def solve_head(plan, backbone, stage, inputs) -> tuple[dict, ConvergenceWarning | None]:
-    """Solve ``stage`` (one that is :func:`solvable`): set the head to the optimum and
+    """Solve ``stage`` (one that is ``solvable``): set the head to the optimum and
     return the stage's ``history_`` record and a warning (None if it converged)."""
     start = time.perf_counter()
     _, train_set, valid_set = inputs.datasets(stage)
@@ -181,13 +181,11 @@ def solve_head(plan, backbone, stage, inputs) -> tuple[dict, ConvergenceWarning 
         record.update(_scores(valid, solution, objective, criterion, "valid"))
     record.update(head_penalty=penalty, head_iterations=solution.iterations)
     record["dur"] = time.perf_counter() - start
-    if plan.runtime.verbose:
-        print(_summary(record))
     return record, None if solution.converged else _not_converged(stage.name, penalty)
 
 
 def choose_penalty(rows: Rows, objective, criterion, zero: Solution):
-    """The penalty (of :data:`INVERSE_PENALTIES`) with the least cross-validated loss,
+    """The penalty (of ``INVERSE_PENALTIES``) with the least cross-validated loss,
     and the mean of the folds' solutions at it (a warm start for the refit)."""
     n = len(rows)
     penalties = [1.0 / (c * n) for c in INVERSE_PENALTIES]
@@ -274,19 +272,6 @@ def _scores(rows: Rows, solution: Solution, objective, criterion, side: str) -> 
     if hits is not None:
         scores[f"{side}_acc"] = hits(solution.logits(rows.x), rows.y).mean().item()
     return scores
-
-
-def _summary(record: dict) -> str:
-    scores = ", ".join(
-        f"{key} {record[key]:.4f}"
-        for key in ("train_loss", "train_acc", "valid_loss", "valid_acc")
-        if key in record
-    )
-    return (
-        f"{record['stage']} stage solved on pooled features: L2 penalty "
-        f"{record['head_penalty']:.3g} ({FOLDS}-fold cross-validation), "
-        f"{record['head_iterations']} L-BFGS iterations; {scores}"
-    )
 
 
 def _not_converged(stage: str, penalty: float) -> ConvergenceWarning:

@@ -22,7 +22,7 @@ class StageInputs:
     """The datasets of each stage of ``plan`` on ``data``.
 
     Without augmentation, the images are decoded and the frozen bottom of the deepest
-    stage computed once (:attr:`cached`); the head stage's pooled features are derived
+    stage computed once (``cached``); the head stage's pooled features are derived
     from those rows, not from the images. ``aligning``: target images are needed too.
     ``close()`` deletes rows that spilled to disk.
     """
@@ -83,10 +83,14 @@ class StageInputs:
     def _target_rows(self, split) -> torch.utils.data.Dataset:
         target = self.data.target
         positions = np.arange(len(target))
-        rows = self._rows(split.point, target, positions, self._bottom(split, target, positions))
+        compute = self._bottom(
+            split, target, positions, desc="target images: decode, frozen layers"
+        )
+        rows = self._rows(split.point, target, positions, compute)
         return InputsOnly(ArrayDataset(rows, torch.zeros(len(rows))))
 
-    def _bottom(self, split, source, positions=None):
+    def _bottom(self, split, source, positions=None, desc="decode, frozen layers"):
+        """The frozen bottom's rows, computed once per fit; a bar shows the pass."""
         runtime = self.plan.runtime
         return frozen_bottom(
             split,
@@ -96,6 +100,8 @@ class StageInputs:
             batch_size=self.plan.schedule.batch_size,
             device=runtime.device,
             num_workers=runtime.num_workers,
+            verbose=runtime.verbose,
+            desc=desc,
         )
 
     def _rows(self, point, source, positions, compute) -> np.ndarray:

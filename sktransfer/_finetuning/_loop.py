@@ -1,9 +1,9 @@
 """The loop of a fine-tune: stages in order, weight averaging, then adaptation.
 
-:func:`train` runs a :class:`~._plan.TrainingPlan` on a backbone and its data and returns
-a :class:`~._plan.TrainingResult`; it reads the plan, never an estimator. A stage that
+``train`` runs a ``TrainingPlan`` on a backbone and its data and returns
+a ``TrainingResult``; it reads the plan, never an estimator. A stage that
 trains only a linear head on cached pooled features is solved to convergence
-(:mod:`._head`); every other stage is a skorch net stepped by epochs.
+(``_head``); every other stage is a skorch net stepped by epochs.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import torch
 from skorch.helper import predefined_split
 
 from .. import _backbone
-from ._callbacks import WeightAverage
+from .._progress import epoch_line, write_line
+from ._callbacks import EpochProgress, WeightAverage
 from ._head import solvable, solve_head
 from ._inputs import StageInputs
 from ._net import StageExtras, build_net
@@ -34,14 +35,20 @@ def train(plan, backbone, data) -> TrainingResult:
     )
     history, warnings = [], []
     try:
-        for stage in plan.schedule.training:
-            if solvable(plan, backbone, stage, inputs):
+        stages = plan.schedule.training
+        solved = [solvable(plan, backbone, stage, inputs) for stage in stages]
+        total = _epochs(stages, solved)
+        for stage, solve in zip(stages, solved, strict=True):
+            if solve:
                 record, warning = solve_head(plan, backbone, stage, inputs)
                 _average_solved(ema, backbone, stage)
                 history += _numbered([record], offset=len(history))
+                if plan.runtime.verbose:
+                    write_line(epoch_line(history[-1], total))
             else:
+                numbering = (len(history) + 1, total)
                 net, warning = _run_stage(
-                    plan, backbone, data, stage, inputs, averaging, adaptation
+                    plan, backbone, data, stage, inputs, averaging, adaptation, numbering
                 )
                 history += _numbered(epoch_records(net.history), offset=len(history))
             warnings += [warning] if warning is not None else []
@@ -55,16 +62,20 @@ def train(plan, backbone, data) -> TrainingResult:
     return TrainingResult(backbone.eval(), history, inputs.cached, tuple(warnings))
 
 
-def _run_stage(plan, backbone, data, stage, inputs, averaging, adaptation):
-    """Fit one stage's net; returns it and a warning of the adaptation (or None)."""
+def _run_stage(plan, backbone, data, stage, inputs, averaging, adaptation, numbering):
+    """Fit one stage's net; returns it and a warning of the adaptation (or None).
+    ``numbering``: the number of the stage's first epoch in the fit, and of its last."""
     split, train_set, valid_set = inputs.datasets(stage)
-    extras = StageExtras(averaging)
+    callbacks = averaging
+    if plan.runtime.verbose:
+        callbacks += (("progress", EpochProgress(*numbering)),)
+    extras = StageExtras(callbacks)
     aligning = adaptation is not None and adaptation.aligns and not stage.head_only(backbone)
     if aligning:
         batch_size = plan.schedule.batch_size
         steps = -(-len(data.train_idx) // batch_size) * stage.epochs
         own = adaptation.stage_extras(backbone, stage, inputs.target(), steps, batch_size)
-        extras = replace(own, callbacks=(*averaging, *own.callbacks))
+        extras = replace(own, callbacks=(*callbacks, *own.callbacks))
     net = build_net(
         plan,
         backbone,
@@ -79,6 +90,12 @@ def _run_stage(plan, backbone, data, stage, inputs, averaging, adaptation):
         net.set_params(train_split=predefined_split(valid_set))
     net.fit(train_set, None)
     return net, adaptation.after_stage(net.history) if aligning else None
+
+
+def _epochs(stages, solved) -> int:
+    """The records the stages add to ``history_``: one per epoch, one per solved stage
+    (early stopping may end a stage sooner)."""
+    return sum(1 if solve else stage.epochs for stage, solve in zip(stages, solved, strict=True))
 
 
 def _average_solved(ema, backbone, stage) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 from skorch import NeuralNet
-from skorch.callbacks import EarlyStopping, LRScheduler, ProgressBar
+from skorch.callbacks import EarlyStopping, LRScheduler
 from skorch.utils import to_tensor
 from torch import nn
 
@@ -30,7 +30,7 @@ def build_net(plan, backbone, stage, *, split, n_train, n_outputs, validating, e
     """The skorch net of one stage: its trainable groups, schedule, loss and callbacks.
 
     ``split``: the cut of cached inputs (None: images); ``extras``: what the trainer adds
-    to the stage (:class:`StageExtras`); ``validating``: whether a validation set scores
+    to the stage (``StageExtras``); ``validating``: whether a validation set scores
     each epoch.
     """
     schedule, runtime = plan.schedule, plan.runtime
@@ -53,8 +53,6 @@ def build_net(plan, backbone, stage, *, split, n_train, n_outputs, validating, e
     if validating and schedule.early_stopping is not None:
         stopping = EarlyStopping(patience=schedule.early_stopping, load_best=True)
         callbacks.append(("early_stopping", stopping))
-    if runtime.verbose:
-        callbacks.append(("progress", ProgressBar()))
     callbacks += runtime.callbacks
     module = TransferModule(
         backbone,
@@ -83,7 +81,7 @@ def build_net(plan, backbone, stage, *, split, n_train, n_outputs, validating, e
         iterator_train__drop_last=drop_last,
         iterator_train__num_workers=workers,
         iterator_valid__num_workers=workers,
-        verbose=int(bool(runtime.verbose)),
+        verbose=0,  # the trainer shows progress (EpochProgress), not skorch's table
     )
 
 
@@ -91,7 +89,7 @@ def build_net(plan, backbone, stage, *, split, n_train, n_outputs, validating, e
 class StageExtras:
     """What the trainer adds to a stage: named callbacks (weight averaging, the domain
     loss's column), and for an aligning adaptation the target batches and loss of each
-    step (:class:`._alignment.DomainAlignment`) and a module trained alongside (DANN's
+    step (``_alignment.DomainAlignment``) and a module trained alongside (DANN's
     domain classifier)."""
 
     callbacks: tuple = ()

@@ -49,7 +49,7 @@ class ViewAverage(torch.nn.Module):
 
 
 def outputs_of_images(network, source, cfg, *, batch_size, device, precision, **run):
-    """``network`` (e.g. a :class:`ViewAverage`) on every image of ``source``."""
+    """``network`` (e.g. a ``ViewAverage``) on every image of ``source``."""
     return run_batches(
         network,
         source,
@@ -65,7 +65,7 @@ def outputs_of_images(network, source, cfg, *, batch_size, device, precision, **
 
 def outputs_from_frozen_rows(
     backbone, source, activation, *, frozen, head_only, cfg, caching, batch_size, device,
-    precision, num_workers,
+    precision, num_workers, verbose=False,
 ):  # fmt: skip
     """``activation`` of the outputs computed from the rows of the frozen layers (the
     parameter names ``frozen``), looked up in the cache of ``caching`` (they never
@@ -80,6 +80,8 @@ def outputs_from_frozen_rows(
         batch_size=batch_size,
         device=device,
         num_workers=num_workers,
+        verbose=verbose,
+        desc="predicting: decode, frozen layers",
     )
     names = frozen_namespace(caching.identity, cfg, split.point, device)
     rows = cached_rows(names, source, positions, compute, memory=caching.memory)
