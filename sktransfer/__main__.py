@@ -1,4 +1,4 @@
-"""``python -m sktransfer``: the ``sktransfer`` command line (see :mod:`sktransfer._cli`)."""
+"""``python -m sktransfer``: the ``sktransfer`` command line (see ``sktransfer._cli``)."""
 
 import sys
 

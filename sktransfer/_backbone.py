@@ -73,7 +73,7 @@ def create_backbone(
     weights : {"pretrained"}, None, path-like or mapping
         ``"pretrained"`` loads timm's weights through the Hugging Face hub and its local
         cache (``HF_HUB_OFFLINE=1`` is honoured); ``None`` keeps the random initialisation;
-        a path loads a local checkpoint (see :func:`load_weights_file`); a mapping of
+        a path loads a local checkpoint (see ``load_weights_file``); a mapping of
         names to tensors (another model's state dict) loads the same way.
     pooling : str, default=None
         Global pooling of the model's head; ``None`` keeps the model's own.
@@ -85,9 +85,9 @@ def create_backbone(
         Seed of the random initialisation, so that ``weights=None`` gives the same
         weights at every fit (the global torch RNG is left untouched).
     preprocessing : dict, str or None, default=None
-        The preprocessing the caller states for ``weights`` (see :func:`data_config`).
+        The preprocessing the caller states for ``weights`` (see ``data_config``).
         Weights loaded by tensor order while it is None warn
-        (:class:`~sktransfer._warnings.UnstatedPreprocessingWarning`).
+        ([`UnstatedPreprocessingWarning`][sktransfer.UnstatedPreprocessingWarning]).
 
     Returns
     -------
@@ -266,7 +266,7 @@ def load_weights_file(model: nn.Module, path) -> str:
 
 
 def load_state(model: nn.Module, ckpt: Mapping[str, torch.Tensor], origin: str) -> str:
-    """Load a state dict into ``model`` as :func:`load_weights_file` does (returning
+    """Load a state dict into ``model`` as ``load_weights_file`` does (returning
     ``"name"`` or ``"order"``); ``origin`` names where it came from in the error."""
     own = model.state_dict()
     head_names = _classifier_state_names(model)
@@ -355,7 +355,7 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 def describe(model: nn.Module) -> dict:
     """What rebuilds ``model`` but its tensors, as plain data: the timm model name, the
-    constructor arguments :func:`create_backbone` gave and the head's number of outputs."""
+    constructor arguments ``create_backbone`` gave and the head's number of outputs."""
     spec = getattr(model, "sktransfer_spec", None)
     if spec is None:
         spec = {"name": model.pretrained_cfg["architecture"], "kwargs": {}}
@@ -364,7 +364,7 @@ def describe(model: nn.Module) -> dict:
 
 
 def rebuild(description: Mapping, tensors: Mapping[str, torch.Tensor]) -> nn.Module:
-    """The model that :func:`describe` described, with ``tensors`` loaded strictly, in
+    """The model that ``describe`` described, with ``tensors`` loaded strictly, in
     eval mode on the CPU. Raises ``ValueError`` when this timm cannot build it."""
     name, kwargs = description["name"], dict(description["kwargs"])
     if "img_size" in kwargs:
@@ -395,7 +395,7 @@ def rebuild(description: Mapping, tensors: Mapping[str, torch.Tensor]) -> nn.Mod
 def data_config(model: nn.Module, image_size=None, preprocessing=None) -> dict:
     """The preprocessing (size, interpolation, crop, mean, std): the model's own, with
     ``image_size`` (an int or ``(height, width)``) as the input size and the values
-    ``preprocessing`` states (:func:`stated_preprocessing`) in place of the model's."""
+    ``preprocessing`` states (``stated_preprocessing``) in place of the model's."""
     cfg = dict(timm.data.resolve_model_data_config(model))
     if image_size is not None:
         cfg["input_size"] = (cfg["input_size"][0], *_as_hw(image_size))
@@ -404,7 +404,7 @@ def data_config(model: nn.Module, image_size=None, preprocessing=None) -> dict:
 
 def stated_preprocessing(preprocessing, channels: int) -> dict:
     """``preprocessing`` checked, as timm data-config values: a preset name of
-    :data:`PREPROCESSING_PRESETS`, or a dict of some of ``mean``, ``std`` (one number
+    ``PREPROCESSING_PRESETS``, or a dict of some of ``mean``, ``std`` (one number
     per input channel; std > 0), ``interpolation``, ``crop_pct`` (in (0, 1]) and
     ``crop_mode``. None states nothing. Raises ``ValueError`` naming the bad entry."""
     if preprocessing is None:

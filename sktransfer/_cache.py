@@ -22,11 +22,11 @@ stored as each batch finishes, so an error or Ctrl-C loses at most the batch in 
 Every file is written to a temporary name and renamed into place (``os.replace``), under
 a lock that parallel workers (cross-validation, grid searches, Dask) share, held for the
 write only. A worker claims the rows it computes and waits only for rows that another
-worker is computing, then reads them (:mod:`._locks`): no row is computed twice, and no
+worker is computing, then reads them (``_locks``): no row is computed twice, and no
 worker waits for rows it does not need.
 
 Who creates the folder. ``fit`` may create the ``memory`` folder; prediction never does:
-it uses the cache only where the folder exists (:func:`existing_memory`), so a model
+it uses the cache only where the folder exists (``existing_memory``), so a model
 loaded elsewhere writes nothing there. A path that names a file (or lies inside one) is
 refused: the cache needs a folder.
 
@@ -37,16 +37,16 @@ and modification time would be served its old row), or, where the caller opts in
 hash of the file's bytes. The checksum of a shard (blake2b over
 its keys, the rows' dtype and shape and the row bytes, in that order) detects damage,
 truncation and reordered rows: a damaged, unreadable or foreign shard is skipped with a
-:class:`CacheIntegrityWarning`, its rows are recomputed, never served, and the file is
-renamed ``*.damaged`` when the folder is writable, so the warning does not come back.
-The checksum authenticates nothing: whoever can write into the folder can forge a
+[`CacheIntegrityWarning`][sktransfer.CacheIntegrityWarning], its rows are recomputed, never served,
+and the file is renamed ``*.damaged`` when the folder is writable, so the warning does not come
+back. The checksum authenticates nothing: whoever can write into the folder can forge a
 shard, with a matching checksum, whose rows will be served, so the folder must be
 trusted for writing. Reading it never executes code, though: only ``.npz`` files inside
 bucket folders are read, with ``np.load(allow_pickle=False)``; nothing is unpickled.
 
 A read-only folder (a service mounting a cache) serves its hits; misses are computed and
-returned but not stored, with one :class:`CacheReadOnlyWarning`. Shards of earlier
-sktransfer versions (joblib pickles, ``*.joblib`` files next to ``namespace.json``) are
+returned but not stored, with one [`CacheReadOnlyWarning`][sktransfer.CacheReadOnlyWarning]. Shards
+of earlier sktransfer versions (joblib pickles, ``*.joblib`` files next to ``namespace.json``) are
 ignored, never read: delete them to reclaim the space.
 """
 
@@ -393,8 +393,8 @@ def memory_location(memory) -> str | None:
     """The folder of ``memory`` (a path, or a ``joblib.Memory`` whose location is used),
     or None. Unlike ``check_memory``, creates nothing (the folder may be read-only).
 
-    Raises :class:`InvalidParameterError` for a path that names a file, or lies inside
-    one: the cache needs a folder.
+    Raises [`InvalidParameterError`][sktransfer.InvalidParameterError] for a path that names a file,
+    or lies inside one: the cache needs a folder.
     """
     if memory is None or isinstance(memory, str | os.PathLike):
         location = None if memory is None else _local_folder(os.fspath(memory))
@@ -421,7 +421,7 @@ def existing_memory(memory):
 
 def create_folder(memory) -> None:
     """Create the folder of ``memory`` (``fit`` does, for prediction to use it); one
-    :class:`CacheReadOnlyWarning` where it cannot be created."""
+    [`CacheReadOnlyWarning`][sktransfer.CacheReadOnlyWarning] where it cannot be created."""
     location = memory_location(memory)
     if location is None or os.path.isdir(location):
         return
@@ -508,7 +508,7 @@ def read_shard(path: str, bucket: int, wanted: set[bytes] | None = None):
     dict from those of ``wanted`` it holds to their rows (rows read and verified only
     when one is there).
 
-    Raises :class:`DamagedShard` for anything but a sound shard of ``bucket``, and
+    Raises ``DamagedShard`` for anything but a sound shard of ``bucket``, and
     ``FileNotFoundError`` if the file went away.
     """
     try:

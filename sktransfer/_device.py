@@ -16,7 +16,7 @@ _PRECISIONS = {
 
 
 def resolve_device(device) -> torch.device:
-    """Turn ``"auto"``, a string or a :class:`torch.device` into an available device.
+    """Turn ``"auto"``, a string or a ``torch.device`` into an available device.
 
     ``"auto"`` picks CUDA, then MPS, then CPU. An explicit device that this machine
     does not have raises, so that a typo never silently runs on the CPU.

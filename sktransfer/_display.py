@@ -1,8 +1,8 @@
-"""Learning curves of a fitted fine-tuner (:class:`~sktransfer.FineTunedClassifier`,
-:class:`~sktransfer.FineTunedRegressor`).
+"""Learning curves of a fitted fine-tuner ([`FineTunedClassifier`][sktransfer.FineTunedClassifier],
+[`FineTunedRegressor`][sktransfer.FineTunedRegressor]).
 
 matplotlib is an optional dependency (``pip install sktransfer[plots]``); it is imported
-only when something is plotted, never when :mod:`sktransfer` is imported.
+only when something is plotted, never when ``sktransfer`` is imported.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ _STAGE_LABEL = "fine-tuning starts"
 class TrainingHistoryDisplay:
     """Learning curves: per-epoch losses and accuracies of a fitted fine-tuner.
 
-    Follows scikit-learn's display API: build it with :meth:`from_estimator` (which
-    plots), or from a history list and call :meth:`plot`. One panel is drawn per metric,
-    with epochs on the x axis and a dashed vertical line where the fine-tuning stage
-    starts (between the last ``"head"`` epoch and the first ``"finetune"`` epoch).
+    Follows scikit-learn's display API: build it with
+    [`from_estimator`][sktransfer.TrainingHistoryDisplay.from_estimator] (which plots), or from a
+    history list and call [`plot`][sktransfer.TrainingHistoryDisplay.plot]. One panel is drawn per
+    metric, with epochs on the x axis and a dashed vertical line where the fine-tuning stage starts
+    (between the last ``"head"`` epoch and the first ``"finetune"`` epoch).
 
     Plotting needs matplotlib: ``pip install sktransfer[plots]``.
 
@@ -108,7 +109,7 @@ class TrainingHistoryDisplay:
         TypeError
             If it has no ``history_`` (it is not a fine-tuner).
         ValueError
-            See :meth:`plot`.
+            See [`plot`][sktransfer.TrainingHistoryDisplay.plot].
         """
         check_is_fitted(estimator)
         history = getattr(estimator, "history_", None)

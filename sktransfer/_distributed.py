@@ -1,7 +1,7 @@
 """A fitted estimator over image files on a Dask cluster: lazy, partition by partition.
 
-:func:`dask_transform` turns file paths (a list, an array, a dask array or a dask
-DataFrame column) into a lazy dask array of what the estimator's ``transform`` (or
+[`dask_transform`][sktransfer.dask_transform] turns file paths (a list, an array, a dask array or a
+dask DataFrame column) into a lazy dask array of what the estimator's ``transform`` (or
 ``predict``, ``predict_proba``, ...) gives. Dask schedules everything: this module only
 builds the graph. Three things make it fit image work:
 
@@ -45,8 +45,8 @@ def dask_transform(estimator, X, *, method="transform", chunk_size=CHUNK_SIZE):
     Parameters
     ----------
     estimator : fitted estimator
-        A :class:`PretrainedFeatureExtractor`, a fine-tuner, or a fitted ``Pipeline``
-        that starts with one. Sent to each worker once.
+        A [`PretrainedFeatureExtractor`][sktransfer.PretrainedFeatureExtractor], a fine-tuner, or a
+        fitted ``Pipeline`` that starts with one. Sent to each worker once.
     X : list, ndarray, pandas or dask collection of file paths
         A 1-D dask array, a dask (or pandas) Series or one-column DataFrame of paths, or
         any sequence of them (a single path raises: wrap it in a list). The paths are
@@ -169,7 +169,7 @@ def iter_blocks(array, client, window: int | None = None) -> Iterator[np.ndarray
 
 def connect(address: str, timeout: float = 10.0):
     """A ``distributed.Client`` of the scheduler at ``address``, or a
-    :class:`ConnectionError` that says how to start one after ``timeout`` seconds."""
+    ``ConnectionError`` that says how to start one after ``timeout`` seconds."""
     try:
         from distributed import Client
     except ImportError as exc:
@@ -197,7 +197,7 @@ def _apply_block(paths: np.ndarray, numbers: np.ndarray, *, model, method: str):
 
 
 def _apply_block_parts(paths: np.ndarray, numbers: np.ndarray, *, model, method: str):
-    """:func:`_apply_block` for a method that gives a list of arrays: a tuple of them,
+    """``_apply_block`` for a method that gives a list of arrays: a tuple of them,
     each checked to hold one row per image."""
     parts = tuple(np.asarray(part) for part in _run(paths, numbers, model, method))
     for t, part in enumerate(parts):

@@ -28,7 +28,7 @@ METADATA_KEY = "sktransfer"
 
 
 class ExportsOnnx(ABC):
-    """Mixin of the estimators: :meth:`export_onnx`. Each estimator says what its network
+    """Mixin of the estimators: ``export_onnx``. Each estimator says what its network
     is with ``_onnx_network() -> (module, output name, metadata)``."""
 
     def export_onnx(self, path, *, opset_version=18):

@@ -52,7 +52,7 @@ def folder_lock(path):
 
 class Claim:
     """This worker's claim on the rows of ``digests``: a file in ``folder`` that lists
-    them, held locked until :meth:`drop`. Take it under the folder lock."""
+    them, held locked until ``drop``. Take it under the folder lock."""
 
     def __init__(self, folder, digests: list[bytes]):
         os.makedirs(folder, exist_ok=True)

@@ -2,11 +2,11 @@
 
 A row is what a frozen network computes for one image: an embedding of the extractor,
 the output of a fine-tuner's frozen bottom at its cut point, or the pooled features of
-its head stage. :func:`namespace` is the only place that says what, besides the image, a
+its head stage. ``namespace`` is the only place that says what, besides the image, a
 row depends on; the extractor, ``fit`` and ``predict`` all ask it (through
-:func:`frozen_namespace` for a fine-tuner's cut), so a probe and a head-only fine-tune
-share pooled rows and nothing else. :func:`cached_rows` looks rows up in the cache or
-has a :class:`ComputeRows` compute them; :class:`BudgetAllocator` says where computed
+``frozen_namespace`` for a fine-tuner's cut), so a probe and a head-only fine-tune
+share pooled rows and nothing else. ``cached_rows`` looks rows up in the cache or
+has a ``ComputeRows`` compute them; ``BudgetAllocator`` says where computed
 rows live (memory, then memory-mapped files). numpy only: no torch here.
 """
 

@@ -1,16 +1,17 @@
 """Fitted state: swapped in whole when a fit succeeds, and stored as plain data.
 
-A fit computes its fitted attributes aside and :func:`swap_in` installs them at the end,
+A fit computes its fitted attributes aside and ``swap_in`` installs them at the end,
 so a fit that fails (a bad image, Ctrl-C) leaves the previous model working, and a
 thread that predicts meanwhile never finds it half-built.
 
-What pickle, joblib and ``skops.io`` store is data only: :func:`to_data` replaces each
+What pickle, joblib and ``skops.io`` store is data only: ``to_data`` replaces each
 torch module of an estimator's state by its timm name, constructor arguments and tensors
-(numpy arrays), and each ``torch.device`` by its name; :func:`from_data` rebuilds them
+(numpy arrays), and each ``torch.device`` by its name; ``from_data`` rebuilds them
 with timm. No timm, torch-module or skorch class is referenced by the file, so a timm
 upgrade that renames a class cannot break it, and loading runs no code of those
 libraries' classes. The versions of sktransfer, timm and torch are stored alongside; a
-file saved with other versions warns (:class:`InconsistentVersionWarning`) when loaded.
+file saved with other versions warns
+([`InconsistentVersionWarning`][sktransfer.InconsistentVersionWarning]) when loaded.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class InconsistentVersionWarning(UserWarning):
 
 class StoredAsData:
     """Mixin of the estimators: pickle, joblib and skops store their state as data
-    (:func:`to_data`). Loading rebuilds the model on the best device of the loading
+    (``to_data``). Loading rebuilds the model on the best device of the loading
     machine when the estimator's ``device`` is ``"auto"`` (so each Dask worker or
     service picks its own), else on the device it was saved on, or on the CPU where that
     device is missing (with a warning)."""
@@ -147,7 +148,7 @@ def to_data(state: Mapping) -> dict:
 
 
 def from_data(data: Mapping, estimator_name: str, device: torch.device) -> dict:
-    """The state that :func:`to_data` stored, modules rebuilt on ``device`` (in eval
+    """The state that ``to_data`` stored, modules rebuilt on ``device`` (in eval
     mode); warns when it was saved with other versions."""
     state = dict(data)
     saved = state.pop(_VERSIONS, None)

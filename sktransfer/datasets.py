@@ -83,7 +83,7 @@ def load_image_folder(
     """List the images of a folder, with one sub-folder per class or without labels.
 
     With ``labelled=True`` (the layout of torchvision's ``ImageFolder`` and of
-    :func:`sklearn.datasets.load_files`) each immediate sub-folder of ``root`` is a class
+    ``sklearn.datasets.load_files``) each immediate sub-folder of ``root`` is a class
     named after the folder, and holds its images at any depth. With ``labelled=False``
     every image under ``root``, at any depth, is listed without a target: what a batch
     job that embeds a folder needs.
@@ -286,7 +286,7 @@ def from_csv(
     """Read the image paths (and labels) listed in a CSV manifest.
 
     The file starts with a header row that names its columns; it is read with the
-    standard library's :mod:`csv` module (comma-separated, in ``encoding``; a UTF-8 file
+    standard library's ``csv`` module (comma-separated, in ``encoding``; a UTF-8 file
     may start with a byte-order mark). Relative image paths are resolved against the
     folder of the CSV file, not the working directory, so that a manifest travels with
     its images. The listed files are not checked to exist: they may exist only where the

@@ -1,9 +1,9 @@
 """Domain adaptation strategies: one small object per method (modelled on skada's
 ``BaseDALoss``), each with its checks, its per-stage extras and its after-training step.
 
-:func:`adaptation_for` is the one place where ``domain_adaptation``'s string becomes an
+``adaptation_for`` is the one place where ``domain_adaptation``'s string becomes an
 object; the training loop asks the object, never the string. A new method is a class
-here and a line in :data:`ADAPTATIONS`.
+here and a line in ``ADAPTATIONS``.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _require_batchnorm(name: str, backbone: nn.Module) -> None:
 
 class AdaBN(Adaptation):
     """After training, BatchNorm statistics that normalise target activations as the
-    source's were (:func:`._batchnorm.adapt_batchnorm`)."""
+    source's were (``_batchnorm.adapt_batchnorm``)."""
 
     name = "adabn"
     adapts_batchnorm = True

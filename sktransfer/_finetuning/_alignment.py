@@ -16,7 +16,7 @@ class DomainAlignment:
     """What a training step needs to align source and target features: batches of
     target inputs, drawn without end from ``loader``, a ``loss(features_source,
     features_target, progress)`` and its ``weight``. ``progress`` (0 to 1 over ``total_steps``
-    calls of :meth:`next_batch`) drives the schedule of adversarial losses."""
+    calls of ``next_batch``) drives the schedule of adversarial losses."""
 
     def __init__(self, loader, loss, weight, total_steps=1):
         self.loader, self.loss, self.weight = loader, loss, weight

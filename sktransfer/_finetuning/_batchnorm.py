@@ -62,7 +62,7 @@ def adapt_batchnorm(backbone, source, target, transform, **run) -> None:
 
     Two passes in eval mode: one over ``source`` records the moments of each layer's
     input; one over ``target``, each batch standardised at each layer to the source's
-    moments, records the target's. ``run`` holds :func:`run_batches`' batch options.
+    moments, records the target's. ``run`` holds ``run_batches``' batch options.
     """
     layers = batchnorm_layers(backbone)
     backbone.eval()
@@ -93,9 +93,9 @@ def input_moments(backbone, layers, images, transform, run, standardise_to=None)
 def standardising(layers, references, record=None):
     """Within the block, each layer's input batch is first standardised with its own
     per-channel moments and moved to those of its reference (``references``: one
-    :class:`Moments` per layer, or None to leave inputs as they are): a target batch
+    ``Moments`` per layer, or None to leave inputs as they are): a target batch
     then reaches each layer as the source's activations did, and the layer normalises
-    it as the model trained. ``record``: one :class:`Moments` per layer that sees each
+    it as the model trained. ``record``: one ``Moments`` per layer that sees each
     input first. Gradients flow through the move."""
     references = references or [None] * len(layers)
     record = record or [None] * len(layers)

@@ -92,7 +92,7 @@ class Compose:
 
 class NotAnImageError(TypeError):
     """The ``augment`` callable returned something else than a PIL image; the dataset,
-    which knows which image it was, reports it (:meth:`for_image`)."""
+    which knows which image it was, reports it (``for_image``)."""
 
     def __init__(self, augment, returned):
         super().__init__(augment, returned)

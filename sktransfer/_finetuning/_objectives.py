@@ -2,8 +2,8 @@
 dtype of its targets and what it can be combined with (modelled on timm's ``task/``
 classes).
 
-The target code (:mod:`sktransfer._targets`) reads ``y`` and chooses the objective;
-the regressor's ``loss`` string becomes one in :data:`REGRESSION_LOSSES`. Every later
+The target code (``sktransfer._targets``) reads ``y`` and chooses the objective;
+the regressor's ``loss`` string becomes one in ``REGRESSION_LOSSES``. Every later
 decision (which loss, whether to record accuracy, how to mix) asks the object.
 """
 
@@ -27,7 +27,7 @@ class Objective(ABC):
     # test-time adaptation minimises); None for targets without one (real values).
     entropy: Callable[[torch.Tensor], torch.Tensor] | None = None
     # Whether the loss is smooth and convex in the weights of a linear head, so that a
-    # head stage on fixed pooled features is solved to its optimum (:mod:`._head`)
+    # head stage on fixed pooled features is solved to its optimum (``_head``)
     # rather than stepped by epochs.
     solvable: bool = False
 

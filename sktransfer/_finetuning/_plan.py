@@ -1,10 +1,10 @@
 """The plan of a fine-tune: plain values the estimator resolves and the loop reads.
 
-A :class:`TrainingPlan` is composed of small typed parts, each owned by one concern:
-the :class:`Schedule` (stages, batches, optimizer), the :class:`Regularisation`, the
-:class:`Runtime` (device, precision, workers, what is shown) and the :class:`Caching` of
-frozen rows; the objective (:mod:`._objectives`) and the adaptation strategy
-(:mod:`._adaptation`) are objects that answer for themselves. Nothing here reads an
+A ``TrainingPlan`` is composed of small typed parts, each owned by one concern:
+the ``Schedule`` (stages, batches, optimizer), the ``Regularisation``, the
+``Runtime`` (device, precision, workers, what is shown) and the ``Caching`` of
+frozen rows; the objective (``_objectives``) and the adaptation strategy
+(``_adaptation``) are objects that answer for themselves. Nothing here reads an
 estimator.
 """
 
