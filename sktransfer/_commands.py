@@ -119,6 +119,7 @@ def _extractor_params(args) -> dict:
         "batch_size": args.batch_size,
         "device": args.device,
         "memory": args.cache,
+        "verbose": False,  # the command line shows one bar for the whole job
     }
 
 
@@ -135,6 +136,8 @@ def run_predict(args) -> int:
     _check_predicts(model, args.model_file)
     _check_reads_images(model, args.model_file)
     _override(model, args.batch_size, args.device)
+    for estimator in _sktransfer_estimators(model):  # the command line shows one bar
+        estimator.set_params(verbose=False)
     classes = _proba_classes(model)
     methods = ("predict",) if classes is None else ("predict", "predict_proba")
     if classes is not None and _labels_are_argmax(model):

@@ -181,6 +181,7 @@ class TestOptions:
         args = build_parser().parse_args(["embed", "r", "--out", "e.npy"])
         defaults = PretrainedFeatureExtractor().get_params()
         got = _extractor_params(args)
+        assert got.pop("verbose") is False  # the command line's own bar counts the job
         assert len(got) == 9
         assert got == {name: defaults[name] for name in got}
         assert (args.chunk_size, args.dask_timeout, args.no_progress) == (256, 10.0, False)

@@ -28,6 +28,7 @@ import timm.data
 import torch
 from _finetune_fixtures import REPO_ROOT, colour_images, tiny
 from conftest import save_checkpoint
+from PIL import Image
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor, PretrainedWeightsError
 from sktransfer._cli import main
@@ -198,8 +199,6 @@ class TestNoNetwork:
     def test_the_command_line_prints_one_error_line(self, unreachable_hub, tmp_path, capsys):
         (tmp_path / "images").mkdir()
         colour = colour_images(np.array([0]))[0]
-        from PIL import Image
-
         Image.fromarray(colour).save(tmp_path / "images" / "a.png")
         status = main(
             ["embed", str(tmp_path / "images"), "--model", "test_efficientnet.r160_in1k",
@@ -291,6 +290,19 @@ class TestWhereAPersonWatches:
         assert "decode, frozen layers" in err
         # joblib's worker processes inherit the terminal; they and threads stay quiet
         assert json.loads(out) == {"main": True, "processes": [False, False], "threads": [False, False]}  # fmt: skip
+
+    def test_the_command_line_shows_one_bar_for_the_job(self, tmp_path):
+        for i, colour in enumerate(colour_images(np.arange(4) % 2)):
+            Image.fromarray(colour).save(tmp_path / f"{i}.png")
+        status, _, err = run_python(
+            ["-m", "sktransfer", "embed", str(tmp_path), "--model", "test_efficientnet",
+             "--weights", "none", "--image-size", "32", "--chunk-size", "2",
+             "--out", str(tmp_path / "e.npy")],
+            terminal=True,
+        )  # fmt: skip
+        assert status == 0, err
+        # the job's bar counts the 4 images; the extractor's own (2 a chunk) stays quiet
+        assert "0/4 [" in err and "0/2 [" not in err
 
     def test_a_log_gets_nothing(self):
         status, out, err = run_python(["-c", WATCHED_FIT], terminal=False)
