@@ -409,7 +409,8 @@ def _add_run_options(parser) -> None:
     parser.add_argument(
         "--no-progress",
         action="store_true",
-        help="do not show the progress bar (shown on stderr by default)",
+        help="do not show the progress bar (shown on stderr where a person watches: a "
+        "terminal; never in a log or a pipe)",
     )
 
 

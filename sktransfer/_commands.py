@@ -18,13 +18,13 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ._backbone import imagenet_label_names
 from ._classifier import FineTunedClassifier
 from ._distributed import connect, dask_transform, iter_blocks
 from ._features import PretrainedFeatureExtractor, top_imagenet_labels
 from ._images import FileSource, UnreadableImageError
+from ._progress import image_bar, watching
 from ._regressor import FineTunedRegressor
 from .datasets import NoImagesError, load_image_folder
 
@@ -440,7 +440,9 @@ def _run_chunk(model, methods, paths: list[str], kept: list[int], skipped):
 
 
 def _write_all(rows, blocks, names: list[str], args, desc: str) -> None:
-    with tqdm(total=len(names), unit="image", desc=desc, disable=args.no_progress) as bar:
+    """Write the rows of each block; one bar counts the images where a person watches."""
+    shown = not args.no_progress and watching()
+    with image_bar(len(names), desc, enabled=shown) as bar:
         for span, kept, outputs in blocks:
             if kept:
                 rows.write([names[i] for i in kept], *outputs)

@@ -294,15 +294,17 @@ class TestWhereAPersonWatches:
     def test_the_command_line_shows_one_bar_for_the_job(self, tmp_path):
         for i, colour in enumerate(colour_images(np.arange(4) % 2)):
             Image.fromarray(colour).save(tmp_path / f"{i}.png")
-        status, _, err = run_python(
-            ["-m", "sktransfer", "embed", str(tmp_path), "--model", "test_efficientnet",
-             "--weights", "none", "--image-size", "32", "--chunk-size", "2",
-             "--out", str(tmp_path / "e.npy")],
-            terminal=True,
-        )  # fmt: skip
+        command = [
+            "-m", "sktransfer", "embed", str(tmp_path), "--model", "test_efficientnet",
+            "--weights", "none", "--image-size", "32", "--chunk-size", "2",
+            "--out", str(tmp_path / "e.npy"),
+        ]  # fmt: skip
+        status, _, err = run_python(command, terminal=True)
         assert status == 0, err
         # the job's bar counts the 4 images; the extractor's own (2 a chunk) stays quiet
         assert "0/4 [" in err and "0/2 [" not in err
+        status, _, err = run_python([*command, "--no-progress"], terminal=True)
+        assert status == 0 and "image/s" not in err
 
     def test_a_log_gets_nothing(self):
         status, out, err = run_python(["-c", WATCHED_FIT], terminal=False)
