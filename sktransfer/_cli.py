@@ -418,12 +418,18 @@ def _add_run_options(parser) -> None:
 
 
 def _positive_int(text: str) -> int:
+    return _integer(text, "an integer >= 1", high=None)
+
+
+def _integer(text: str, expected: str, *, high: int | None) -> int:
+    """``text`` as an int from 1 to ``high`` (no bound: None); else an error saying
+    what was ``expected``."""
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    if value < 1 or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
 
 
@@ -447,15 +453,8 @@ def _extensions(text: str) -> tuple[str, ...]:
 
 
 def _top_k(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError(
-            f"expected an integer between 1 and 1000 (ImageNet-1k's classes), got {text!r}"
-        )
-    return value
+    expected = "an integer between 1 and 1000 (ImageNet-1k's classes)"
+    return _integer(text, expected, high=1000)
 
 
 def _weights(text: str):
