@@ -136,8 +136,6 @@ def run_predict(args) -> int:
     _check_predicts(model, args.model_file)
     _check_reads_images(model, args.model_file)
     _override(model, args.batch_size, args.device)
-    for estimator in _sktransfer_estimators(model):  # the command line shows one bar
-        estimator.set_params(verbose=False)
     classes = _proba_classes(model)
     methods = ("predict",) if classes is None else ("predict", "predict_proba")
     if classes is not None and _labels_are_argmax(model):
@@ -253,25 +251,29 @@ def _task_names(model) -> list[str] | None:
 
 def _override(model, batch_size, device) -> None:
     """Set ``batch_size`` and ``device`` (when given) on the sktransfer estimators of
-    ``model`` (itself, or the steps of a Pipeline), moving fitted ones to ``device``."""
+    ``model``, moving fitted ones to ``device``, and ``verbose=False`` (the command line
+    shows one bar for the whole job)."""
     options = {"batch_size": batch_size, "device": device}
     given = {name: value for name, value in options.items() if value is not None}
-    if not given:
-        return
     estimators = _sktransfer_estimators(model)
-    if not estimators:
+    if given and not estimators:
         raise UsageError(
             f"--batch-size and --device apply to sktransfer estimators, and this "
             f"{type(model).__name__} holds none: leave them out."
         )
     for estimator in estimators:
-        estimator.set_params(**given)
+        estimator.set_params(verbose=False, **given)
         if "device" in given and hasattr(estimator, "backbone_"):
             estimator.to_device(given["device"])  # a ValueError when this machine lacks it
 
 
 def _sktransfer_estimators(model) -> list:
+    """The sktransfer estimators in ``model``: itself, its parameters (the steps of a
+    Pipeline), and those of a fitted search's ``best_estimator_``, which predicts."""
     candidates = [model, *model.get_params(deep=True).values()]
+    best = getattr(model, "best_estimator_", None)
+    if best is not None:
+        candidates += _sktransfer_estimators(best)
     found = {id(c): c for c in candidates if type(c).__module__.split(".")[0] == "sktransfer"}
     return list(found.values())
 

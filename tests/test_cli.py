@@ -604,6 +604,16 @@ class TestPredict:
         with pytest.raises(ValueError, match="not available on this machine"):
             _override(joblib.load(joblib.dump(classifier, tmp_path / "m.pkl")[0]), None, "cuda:99")
 
+    def test_a_searchs_best_estimator_is_overridden_too(self, tiny_checkpoint):
+        y = np.arange(8) % 2
+        X = colour_images(y, size=TINY_SIZE)
+        pipe = make_pipeline(tiny_extractor(weights=str(tiny_checkpoint)), LogisticRegression())
+        search = GridSearchCV(pipe, {"logisticregression__C": [1.0]}, cv=2).fit(X, y)
+        _override(search, 3, "cpu")
+        best = search.best_estimator_[0]  # what predicts: not the search's template
+        assert (best.batch_size, best.device, str(best.device_)) == (3, "cpu", "cpu")
+        assert best.verbose is False
+
 
 # ---------------------------------------------------------------------- errors
 
