@@ -367,7 +367,8 @@ def _run_job(args, model, methods, paths, root, *, out: Path, sidecars=(), open_
             _write_all(rows, blocks, names, args, desc)
         if skipped is not None:
             _check_some_left(skipped, paths, root)
-            _write_csv(tmps[-1], ["path", "error"], [(names[i], e) for i, e in skipped])
+            with contextlib.closing(_CsvTable(tmps[-1], ["path", "error"])) as listed:
+                listed.write([[names[i] for i, _ in skipped], [e for _, e in skipped]])
     if skipped is None:  # an earlier run's list would describe another output
         with contextlib.suppress(OSError):
             os.remove(report)
@@ -586,12 +587,6 @@ def _pyarrow():
             ".npy instead."
         ) from exc
     return pyarrow, pyarrow.parquet
-
-
-def _write_csv(path: str, header: list[str], rows) -> None:
-    table = _CsvTable(path, header)
-    with contextlib.closing(table):
-        table.csv.writerows(rows)
 
 
 class _ArgmaxRows:
