@@ -30,7 +30,7 @@ _PUBLIC = {
 }
 
 __all__ = [*_PUBLIC, "__version__"]
-_SUBMODULES = ("datasets",)
+_SUBMODULES = ("datasets", "inspection")
 
 
 def __getattr__(name: str):
