@@ -7,6 +7,9 @@ package, real images from ``elpv-dataset`` (read in place, never copied into the
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ from PIL import Image
 from sktransfer import PretrainedFeatureExtractor
 from sktransfer.datasets import load_elpv
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = "test_efficientnet"
 TINY_SIZE = 32
 
@@ -193,3 +197,36 @@ def elpv_subset():
         return paths[idx], probs[idx], types[idx]
 
     return load
+
+
+@pytest.fixture(scope="session")
+def built_site(tmp_path_factory):
+    """The site as ``mkdocs build --strict`` builds it, once per pytest session.
+
+    When the environment variable ``SKTRANSFER_BUILT_SITE`` names a folder, that site is
+    used instead of building one (``scripts/test.sh`` builds it once, before pytest).
+    """
+    given = os.environ.get("SKTRANSFER_BUILT_SITE")
+    if given:
+        site = Path(given).resolve()
+        if not (site / "index.html").is_file():
+            pytest.fail(
+                f"SKTRANSFER_BUILT_SITE={given!r} holds no built site (no index.html in "
+                f"{site}): build it with `mkdocs build --strict -d {given}`, or unset it."
+            )
+        return site
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings")
+    site = tmp_path_factory.mktemp("site")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "HF_HUB_OFFLINE": "1"}
+    build = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if build.returncode:
+        pytest.fail(f"mkdocs build --strict failed:\n{build.stdout}{build.stderr}")
+    return site

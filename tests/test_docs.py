@@ -1,10 +1,7 @@
 """Every Python code block of the README and the user guide runs, offline, as written;
 the built site shows no Sphinx role raw."""
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -37,26 +34,6 @@ def test_code_block_runs(code, tmp_path, monkeypatch):
 # ``<code>``, so ``:meth:`fit``` is built as ``:meth:<code>fit</code>``.
 RAW_ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|data|attr|exc|obj):(?:`|<code>)[^`<]*")
 HEADING = re.compile(r'<h[1-6] id="([^"]+)"')
-
-
-@pytest.fixture(scope="module")
-def built_site(tmp_path_factory):
-    """The site as ``mkdocs build --strict`` builds it (once per session of this module)."""
-    pytest.importorskip("mkdocs")
-    pytest.importorskip("mkdocstrings")
-    site = tmp_path_factory.mktemp("site")
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "HF_HUB_OFFLINE": "1"}
-    build = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if build.returncode:
-        pytest.fail(f"mkdocs build --strict failed:\n{build.stdout}{build.stderr}")
-    return site
 
 
 def test_built_site_shows_no_raw_sphinx_role(built_site):
