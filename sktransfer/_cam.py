@@ -2,8 +2,8 @@
 
 The methods are pytorch-grad-cam's (``pip install sktransfer[inspection]``), imported only
 when a map is computed. This module turns an estimator into the one network its
-predictions come from (``_network``), picks the layer to explain (``_target_layer``),
-resolves the user's ``target`` against the estimator's outputs (``_Outputs``) and maps
+predictions come from (``network_of``), picks the layer to explain (``_target_layer``),
+resolves the user's ``target`` against the estimator's outputs (``Outputs``) and maps
 each map from the model's input back onto the pixels of the image it was given
 (``_geometry``): the resize and the centre crop undone, 0 outside the crop.
 """
@@ -14,7 +14,7 @@ import contextlib
 import difflib
 import io
 from dataclasses import dataclass
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
 import torch
@@ -25,6 +25,8 @@ from torch import nn
 
 from . import _backbone
 from ._images import as_images
+
+_SHOWN_LABELS = 20  # an unknown target lists at most these many of the model's labels
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class CamMethod:
     uses_gradients: bool
 
     def build(self, network: nn.Module, layer: nn.Module, reshape, tokens: bool):
-        pytorch_grad_cam = _import_grad_cam()
+        pytorch_grad_cam = import_grad_cam()
         cam_class = getattr(pytorch_grad_cam, self.cam_class)
         kwargs = {"reshape_transform": reshape}
         if self.name == "ablationcam" and tokens:
@@ -145,7 +147,7 @@ def class_activation_maps(estimator, X, *, target=None, method="gradcam", layer=
 def explain(estimator, X, *, target=None, method="gradcam", layer="auto") -> Explanation:
     """``class_activation_maps``, with the target explained and its score per image."""
     cam_method = _method(method)
-    explained = _network(estimator)
+    explained = network_of(estimator)
     source = as_images(X)
     n = len(source)
     found = _target_layer(explained, layer)
@@ -230,7 +232,7 @@ class _Explained:
     cfg: dict  # the preprocessing (timm data config)
     device: torch.device
     batch_size: int
-    outputs: _Outputs
+    outputs: Outputs
 
 
 _SUPPORTED = (
@@ -241,7 +243,9 @@ _SUPPORTED = (
 )
 
 
-def _network(estimator) -> _Explained:
+def network_of(estimator) -> _Explained:
+    """``estimator`` as the one network its predictions come from; a TypeError naming
+    what can be explained for anything else."""
     from ._features import PretrainedFeatureExtractor
     from ._finetune import FineTunedEstimator
 
@@ -263,7 +267,7 @@ def _fine_tuned(estimator) -> _Explained:
         names = estimator.task_names_ if estimator.multitask_ else None
     else:
         classes, names = [np.arange(estimator.n_outputs_)], None
-    outputs = _Outputs(classes, estimator._output_activation(), names, regression=not classifier)
+    outputs = Outputs(classes, estimator._output_activation(), names, regression=not classifier)
     return _Explained(
         estimator.backbone_,
         estimator.backbone_,
@@ -284,7 +288,7 @@ def _imagenet_classifier(extractor) -> _Explained:
             "linear classifier on these features."
         )
     n_logits = extractor.n_features_out_
-    outputs = _Outputs([np.arange(n_logits)], _softmax, None, regression=False)
+    outputs = Outputs([np.arange(n_logits)], _softmax, None, regression=False)
     return _Explained(
         extractor.backbone_,
         extractor.backbone_,
@@ -309,7 +313,7 @@ def _probe(pipeline: Pipeline) -> _Explained:
         head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
         head.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
     embedding = _Embedding(extractor.backbone_, extractor.layer_, extractor.pooling_)
-    outputs = _Outputs([np.asarray(last.classes_)], _softmax, None, regression=False)
+    outputs = Outputs([np.asarray(last.classes_)], _softmax, None, regression=False)
     return _Explained(
         nn.Sequential(embedding, head).eval(),
         extractor.backbone_,
@@ -367,7 +371,7 @@ def _softmax(logits: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------ the targets
 
 
-class _Outputs:
+class Outputs:
     """The network's output columns as labels: one block of columns per task (one
     block unless the classifier is multi-task), the labels of each block, and how
     outputs become scores. The one place a user's ``target`` is read."""
@@ -398,15 +402,45 @@ class _Outputs:
         block = self.labels[task]
         offset = int(self.offsets[task])
         if label is None:
-            if self.regression and len(block) > 1:
-                raise ValueError(
-                    f"This regressor has {len(block)} outputs: pass target=the index of the "
-                    f"one to explain (0 to {len(block) - 1})."
-                )
+            self.check_predicted(task)
             j = int(torch.argmax(output[offset : offset + len(block)]))
         else:
-            j = _index_of(label, block, self.regression)
+            matches = [j for j, known in enumerate(block.tolist()) if _same(known, label)]
+            if not matches:
+                raise ValueError(self._unknown(label, task))
+            j = matches[0]
         return offset + j, block[j].item() if hasattr(block[j], "item") else block[j]
+
+    def check_predicted(self, task: int = 0) -> None:
+        """Raise where "the predicted one" means nothing: a regressor of several outputs."""
+        n = len(self.labels[task])
+        if self.regression and n > 1:
+            raise ValueError(
+                f"This regressor has {n} outputs: pass the index of the one to explain as "
+                f"the target (0 to {n - 1})."
+            )
+
+    def label_named(self, text: str):
+        """The label of a one-task model that ``text`` names (the command line's
+        ``--target``): the label written so, else the number it reads as ("7" and
+        "7.0" name the label 7)."""
+        labels = self.labels[0].tolist()
+        for same in (lambda label: str(label) == text, lambda label: _same_number(label, text)):
+            found = [label for label in labels if same(label)]
+            if found:
+                return found[0]
+        raise ValueError(self._unknown(text, 0))
+
+    def _unknown(self, label, task: int) -> str:
+        block = self.labels[task].tolist()
+        what = "an output index" if self.regression else "a class label"
+        shown = ", ".join(map(repr, block[:_SHOWN_LABELS]))
+        if len(block) > _SHOWN_LABELS:
+            shown += f", ... ({len(block)} in all)"
+        return (
+            f"target={label!r} is not {what} of this model; it knows {shown}. Pass one of "
+            "them, or leave the target out to explain the predicted one."
+        )
 
     def _task_and_label(self, target):
         if len(self.labels) == 1:
@@ -436,23 +470,21 @@ class _Outputs:
         return picked.detach().cpu().numpy().astype(np.float64)
 
 
-def _index_of(label, block: np.ndarray, regression: bool) -> int:
-    matches = [j for j, known in enumerate(block.tolist()) if _same(known, label)]
-    if not matches:
-        what = "output index" if regression else "class label"
-        shown = block.tolist() if len(block) <= 20 else f"{block[:20].tolist()} ..."
-        raise ValueError(
-            f"target={label!r} is not a {what} of this model; it knows {shown}. Pass one "
-            "of them, or None for the predicted one."
-        )
-    return matches[0]
-
-
 def _same(known, label) -> bool:
     """Labels compare as Python values: ``np.int64(1)`` is ``1``, ``"1"`` is not."""
     try:
         return bool(known == label)
     except (TypeError, ValueError):  # an array, or a type that refuses comparison
+        return False
+
+
+def _same_number(label, text: str) -> bool:
+    """Whether ``text`` reads as the number ``label``."""
+    if not isinstance(label, Real) or isinstance(label, bool):
+        return False
+    try:
+        return float(text) == label
+    except ValueError:
         return False
 
 
@@ -594,7 +626,8 @@ def _method(method) -> CamMethod:
     return METHODS[method]
 
 
-def _import_grad_cam():
+def import_grad_cam():
+    """pytorch_grad_cam, or an ImportError naming the extra that installs it."""
     try:
         import pytorch_grad_cam
     except ImportError as exc:

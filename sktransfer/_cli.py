@@ -1,13 +1,16 @@
 """The ``sktransfer`` command line: batch jobs on a folder of images, without Python.
 
-Two sub-commands, each a thin layer over the estimators:
+Three sub-commands, each a thin layer over the estimators:
 
 - ``sktransfer embed ROOT --model M --out FILE`` embeds every image under ``ROOT`` with a
   ``PretrainedFeatureExtractor`` (its options are the extractor's parameters) into a
   ``.npy`` matrix (with the path of each row in ``FILE.paths.txt``) or a ``.parquet``
   table; with ``--layer logits --top-k K``, the ``K`` most likely ImageNet-1k labels;
 - ``sktransfer predict MODEL_FILE ROOT --out FILE.csv`` writes what a saved model
-  (``.skops``, or a pickle) predicts for every image under ``ROOT``.
+  (``.skops``, or a pickle) predicts for every image under ``ROOT``;
+- ``sktransfer explain MODEL_FILE ROOT --out FOLDER`` draws where a saved model looks
+  (``sktransfer.inspection``'s class activation maps) over every image under ``ROOT``,
+  one PNG each, listed with the class explained and its score in ``FOLDER/index.csv``.
 
 Rows follow ``load_image_folder(ROOT, labelled=False).paths`` (sorted file order). The
 images run chunk by chunk, in this process or, with ``--dask-scheduler``, on a Dask
@@ -43,6 +46,10 @@ from ._options import (
     POOLINGS,
     PREPROCESSING_PRESETS,
 )
+
+# sktransfer._cam.METHODS, written out here so that --help imports no torch (a test pins
+# the two against each other)
+CAM_METHODS = ("gradcam", "gradcam++", "layercam", "scorecam", "ablationcam", "eigencam")
 
 EXIT_USAGE = 2  # the user's mistake: options, folders, files, images
 EXIT_FAILURE = 1  # the environment's: no network, no scheduler, a missing package, a full disk
@@ -153,7 +160,7 @@ def _conflict(args) -> str | None:
             f"--top-k needs --layer logits (the class scores it ranks), got {got}. Add "
             "--layer logits, or leave out --top-k."
         )
-    if args.skip_bad_images and args.dask_scheduler is not None:
+    if args.skip_bad_images and getattr(args, "dask_scheduler", None) is not None:
         return (
             "--skip-bad-images runs in this process only, not with --dask-scheduler: leave "
             "out --dask-scheduler to skip unreadable images, or remove them from ROOT to "
@@ -167,15 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sktransfer",
         description=_filled(
-            "Embed a folder of images with a pretrained timm backbone, or predict with a "
-            "saved sktransfer model, without writing Python."
+            "Embed a folder of images with a pretrained timm backbone, predict with a "
+            "saved sktransfer model, or draw where it looks, without writing Python."
         ),
         epilog=_epilog(
             [
                 "sktransfer embed images/ --model efficientnet_b0.ra_in1k --out embeddings.parquet",
                 "sktransfer predict model.skops images/ --out predictions.csv",
+                "sktransfer explain model.skops images/ --out explained/",
             ],
-            "Run `sktransfer embed --help` or `sktransfer predict --help` for their options.",
+            "Run `sktransfer embed --help`, `sktransfer predict --help` or `sktransfer "
+            "explain --help` for their options.",
             _EXIT_STATUS_HELP,
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -185,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_embed(commands)
     _add_predict(commands)
+    _add_explain(commands)
     return parser
 
 
@@ -347,6 +357,99 @@ def _add_predict(commands) -> None:
     predict.set_defaults(command="predict")
 
 
+def _add_explain(commands) -> None:
+    explain = commands.add_parser(
+        "explain",
+        help="draw where a saved model looks in every image of a folder, as PNG files",
+        description=_filled(
+            "Draw where a saved, fitted model looks in every image under ROOT (at any "
+            "depth, sorted by path): its class activation map (sktransfer.inspection) as "
+            "a heat map over the image, one PNG per image at the image's own size, and "
+            "one row per image in FOLDER/index.csv: path, overlay, target, score. The "
+            "model is a FineTunedClassifier, a FineTunedRegressor, a "
+            "PretrainedFeatureExtractor with layer='logits', a probe Pipeline (a "
+            "PretrainedFeatureExtractor, StandardScaler or PCA steps, a linear "
+            "classifier), or a fitted search over one of them. Needs "
+            "sktransfer[inspection]."
+        ),
+        epilog=_epilog(
+            [
+                "sktransfer explain model.skops images/ --out explained/",
+                "sktransfer explain model.joblib images/ --out cams/ --method eigencam \\\n"
+                "    --target cat --alpha 0.4 --device cuda",
+            ],
+            "Pickles (.pkl, .pickle, .joblib) run code when they load: only load files you "
+            "trust. A .skops file is loaded trusting only sktransfer's own types; a file "
+            "that names others is refused.",
+            _EXIT_STATUS_HELP,
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    explain.add_argument(
+        "model_file",
+        metavar="MODEL_FILE",
+        help="the saved model: .skops (safe: no code runs), or .pkl, .pickle, .joblib "
+        "(these run code when loaded: only load files you trust)",
+    )
+    explain.add_argument("root", metavar="ROOT", help="the folder of images (searched recursively)")
+    explain.add_argument(
+        "--out",
+        required=True,
+        metavar="FOLDER",
+        help="the output folder, created if missing (its parent must exist), outside ROOT: "
+        "FOLDER/<the image's path relative to ROOT>.png for each image (sub-folders "
+        "kept: images/cats/a.jpg -> FOLDER/cats/a.jpg.png), and FOLDER/index.csv with "
+        "the columns path (relative to ROOT), overlay (relative to FOLDER), target (the "
+        "class explained) and score (the model's probability of it; for a regressor, its "
+        "predicted value). Files of an earlier run are replaced only when the run succeeds",
+    )
+    explain.add_argument(
+        "--method",
+        choices=CAM_METHODS,
+        default="gradcam",
+        help="how the map is computed: gradcam, gradcam++, layercam (from gradients), "
+        "scorecam, ablationcam (one forward pass per channel: slow), eigencam (the same map "
+        "whatever the target) (default: %(default)s)",
+    )
+    explain.add_argument(
+        "--layer",
+        default="auto",
+        metavar="NAME",
+        help="the backbone layer whose activations are weighed, by its module name (as in "
+        "backbone_.named_modules()); 'auto': the last layer with a spatial output "
+        "(default: %(default)s)",
+    )
+    explain.add_argument(
+        "--target",
+        default=None,
+        metavar="LABEL",
+        help="the class to explain in every image, one of the model's labels (read as "
+        "their type: 1 is the label 1 of a model with integer classes; an ImageNet class "
+        "index for a PretrainedFeatureExtractor, an output index for a regressor) "
+        "(default: the class the model predicts for each image)",
+    )
+    explain.add_argument(
+        "--alpha",
+        type=_fraction,
+        default=0.5,
+        metavar="A",
+        help="weight of the heat map over the image, from 0 (the image alone) to 1 (the "
+        "map alone) (default: %(default)s)",
+    )
+    _add_extensions(explain)
+    _add_batch_and_device(explain, None, None)
+    explain.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out the image files that cannot be opened or decoded, listed with "
+        "their error in FOLDER/skipped.csv (columns path, error), instead of stopping at "
+        "the first one. A run without it removes an earlier FOLDER/skipped.csv (default: "
+        "stop, with exit status 2)",
+    )
+    _add_no_progress(explain)
+    explain.set_defaults(command="explain")
+
+
 def _add_extensions(parser) -> None:
     parser.add_argument(
         "--extensions",
@@ -406,6 +509,10 @@ def _add_run_options(parser) -> None:
         help="images per chunk: each is computed (a Dask task with --dask-scheduler) and "
         "written at once (default: %(default)s)",
     )
+    _add_no_progress(parser)
+
+
+def _add_no_progress(parser) -> None:
     parser.add_argument(
         "--no-progress",
         action="store_true",
@@ -440,6 +547,16 @@ def _positive_float(text: str) -> float:
         value = 0.0
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
     return value
 
 

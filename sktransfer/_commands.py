@@ -12,13 +12,16 @@ import contextlib
 import csv
 import functools
 import os
+import shutil
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from . import _cam
 from ._backbone import imagenet_label_names
 from ._classifier import FineTunedClassifier
 from ._distributed import connect, dask_transform, iter_blocks
@@ -34,6 +37,7 @@ PREDICTION_FORMATS = (".csv",)
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 MODEL_SUFFIXES = (".skops", *PICKLE_SUFFIXES)
 IMAGE_ESTIMATORS = (PretrainedFeatureExtractor, FineTunedClassifier, FineTunedRegressor)
+INDEX_COLUMNS = ["path", "overlay", "target", "score"]
 
 
 class UsageError(ValueError):
@@ -72,7 +76,7 @@ def run_embed(args) -> int:
     each = f"{len(columns)} features" if args.top_k is None else f"top {args.top_k} labels"
     print(
         f"Embedded {len(paths) - len(skipped or ())} images ({each} each) into {out} in "
-        f"{seconds:.1f} s{_skipped_note(skipped, out)}."
+        f"{seconds:.1f} s{_skipped_note(skipped, _sidecar(out, '.skipped.csv'))}."
     )
     return 0
 
@@ -150,7 +154,7 @@ def run_predict(args) -> int:
     seconds = time.perf_counter() - started
     print(
         f"Predicted {len(paths) - len(skipped or ())} images into {out} in {seconds:.1f} s"
-        f"{_skipped_note(skipped, out)}."
+        f"{_skipped_note(skipped, _sidecar(out, '.skipped.csv'))}."
     )
     return 0
 
@@ -293,6 +297,174 @@ def _proba_classes(model):
     return classes if isinstance(classes, np.ndarray) and classes.ndim == 1 else None
 
 
+# ---------------------------------------------------------------------- explain
+
+
+def run_explain(args) -> int:
+    """``sktransfer explain``: list the images, check the output folder, load, explain
+    chunk by chunk, write an overlay per image, then the index."""
+    started = time.perf_counter()
+    _check_model_suffix(args.model_file)
+    root, paths = _list_images(args.root, args.extensions)
+    folder = _output_folder(args.out, root)
+    _cam.import_grad_cam()  # a missing extra shows before the model loads
+    model = _load_model(args.model_file)
+    explained = _explainable(model, args.model_file)
+    target = _target(args.target, explained.outputs, args.model_file)
+    _override(model, args.batch_size, args.device)
+    chunk_size = args.batch_size or explained.batch_size
+    skipped = _explain_job(args, model, target, paths, root, folder, chunk_size)
+    seconds = time.perf_counter() - started
+    print(
+        f"Explained {len(paths) - len(skipped or ())} images ({args.method}) into {folder} "
+        f"in {seconds:.1f} s{_skipped_note(skipped, folder / 'skipped.csv')}."
+    )
+    return 0
+
+
+def _output_folder(out: str, root: str) -> Path:
+    """``--out`` as an absolute path, after checking that it can be a folder of
+    overlays: not a file, its parent existing, outside ``root``."""
+    folder = Path(os.path.abspath(os.path.expanduser(out)))
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(
+            f"--out {out!r} is a file: pass a folder (it is created if missing)."
+        )
+    if not folder.parent.is_dir():
+        raise FileNotFoundError(
+            f"--out {out!r}: the folder {folder.parent} does not exist. Create it first "
+            f"(mkdir -p {folder.parent}) or write elsewhere."
+        )
+    real, real_root = Path(os.path.realpath(folder)), Path(os.path.realpath(root))
+    if real == real_root or real_root in real.parents:
+        raise UsageError(
+            f"--out {out!r} lies inside ROOT ({root}), so a later run would list the "
+            "overlays as images. Write them to a folder outside ROOT."
+        )
+    return folder
+
+
+def _explainable(model, path: str):
+    """The network that explains ``model`` (``sktransfer._cam``'s); a ``UsageError``
+    for a model that cannot be explained."""
+    try:
+        explained = _cam.network_of(model)
+    except TypeError as exc:
+        raise UsageError(f"Cannot explain the model in {path}: {exc}") from exc
+    n_tasks = len(explained.outputs.labels)
+    if n_tasks > 1:
+        raise UsageError(
+            f"The model in {path} predicts {n_tasks} label columns, and `sktransfer "
+            "explain` explains one class: in Python, pass target=(task, label) to "
+            "sktransfer.inspection.class_activation_maps."
+        )
+    return explained
+
+
+def _target(text: str | None, outputs, path: str):
+    """The label of ``outputs`` (``sktransfer._cam.Outputs``) that ``--target`` names, as
+    the model's own value; None (the predicted class) without ``--target``."""
+    try:
+        if text is None:
+            outputs.check_predicted()
+            return None
+        return outputs.label_named(text)
+    except ValueError as exc:
+        raise UsageError(f"{exc} Model: {path}.") from exc
+
+
+def _explain_job(args, model, target, paths, root, folder: Path, chunk_size: int):
+    """Explain the images ``paths`` (under ``root``) ``chunk_size`` at a time: each
+    overlay into a staging folder inside ``folder``, moved into place at the end, then
+    ``index.csv`` (and with ``--skip-bad-images``, ``skipped.csv``) renamed into place
+    last. Returns the skipped images as ``(position, error)`` pairs (None without
+    ``--skip-bad-images``)."""
+    names = _relative(paths, root)
+    overlays = [f"{name}.png" for name in names]
+    skipped = [] if args.skip_bad_images else None
+    report = folder / "skipped.csv"
+    sidecars = [report] if skipped is not None else []
+    compute = functools.partial(_explain_chunk, model, target, args.method, args.layer)
+    shown = not args.no_progress and watching()
+    with (
+        _created(folder),
+        _replacing(folder / "index.csv", *sidecars) as tmps,
+        _staged(folder) as stage,
+        image_bar(len(paths), "explaining", enabled=shown) as bar,
+    ):
+        with contextlib.closing(_CsvTable(tmps[0], INDEX_COLUMNS)) as index:
+            for start in range(0, len(paths), chunk_size):
+                kept = list(range(start, min(start + chunk_size, len(paths))))
+                done = len(kept)
+                result = _run_chunk(compute, paths, kept, skipped)  # may shorten kept
+                if result is not None:
+                    _write_overlays(stage, [overlays[i] for i in kept], *result, args.alpha)
+                    explanation = result[0]
+                    index.write(
+                        [
+                            [names[i] for i in kept],
+                            [overlays[i] for i in kept],
+                            explanation.targets,
+                            explanation.scores.tolist(),
+                        ]
+                    )
+                bar.update(done)
+        if skipped is not None:
+            _check_some_left(skipped, paths, root)
+            with contextlib.closing(_CsvTable(tmps[-1], ["path", "error"])) as listed:
+                listed.write([[names[i] for i, _ in skipped], [e for _, e in skipped]])
+    if skipped is None:  # an earlier run's list would describe another output
+        with contextlib.suppress(OSError):
+            os.remove(report)
+    return skipped
+
+
+def _explain_chunk(model, target, method: str, layer: str, source):
+    """The explanation of the images ``source`` and the images themselves (RGB)."""
+    explanation = _cam.explain(model, source, target=target, method=method, layer=layer)
+    return explanation, [source.load(i) for i in range(len(source))]
+
+
+def _write_overlays(stage: Path, names: list[str], explanation, images, alpha: float) -> None:
+    """Each map of ``explanation`` over its image, as a PNG at ``stage / name``."""
+    for name, image, cam in zip(names, images, explanation.maps, strict=True):
+        path = stage / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_cam.overlay(image, cam, alpha=alpha)).save(path, format="PNG")
+
+
+@contextlib.contextmanager
+def _created(folder: Path):
+    """``folder``, made when missing, and removed again (when empty) if the block that
+    made it fails."""
+    made = not folder.exists()
+    folder.mkdir(exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+@contextlib.contextmanager
+def _staged(folder: Path):
+    """A hidden temporary folder inside ``folder`` whose files move to the same paths in
+    ``folder`` (replacing earlier ones) when the block ends without an error; it is
+    removed in any case."""
+    stage = folder / f".explain.{uuid.uuid4().hex[:12]}.tmp"
+    stage.mkdir()
+    try:
+        yield stage
+        for file in sorted(p for p in stage.rglob("*") if p.is_file()):
+            target = folder / file.relative_to(stage)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(file, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 # ---------------------------------------------------------------------- inputs
 
 
@@ -383,14 +555,13 @@ def _check_some_left(skipped: list, paths: list[str], root: str) -> None:
         )
 
 
-def _skipped_note(skipped, out: Path) -> str:
-    """The end of the summary line for ``--skip-bad-images``."""
+def _skipped_note(skipped, report: Path) -> str:
+    """The end of the summary line for ``--skip-bad-images``: how many images were
+    skipped, listed in ``report``."""
     if skipped is None:
         return ""
     images = "image" if len(skipped) == 1 else "images"
-    return (
-        f"; skipped {len(skipped)} unreadable {images} (listed in {_sidecar(out, '.skipped.csv')})"
-    )
+    return f"; skipped {len(skipped)} unreadable {images} (listed in {report})"
 
 
 @contextlib.contextmanager
@@ -420,20 +591,26 @@ def _blocks(model, paths: list[str], methods: tuple[str, ...], chunk_size: int, 
     for start in range(0, len(paths), chunk_size):
         span = range(start, min(start + chunk_size, len(paths)))
         kept = list(span)
-        outputs = _run_chunk(model, methods, paths, kept, skipped)  # may shorten kept
+        compute = functools.partial(_call_methods, model, methods)
+        outputs = _run_chunk(compute, paths, kept, skipped)  # may shorten kept
         yield span, kept, outputs
 
 
-def _run_chunk(model, methods, paths: list[str], kept: list[int], skipped):
-    """What each of ``methods`` gives for the images at positions ``kept``. With a list
-    ``skipped``, an image that cannot be read is appended to it, removed from ``kept``
-    and the chunk runs again without it (bad images are rare; a cache keeps the rows
-    already computed); None when no image is left."""
+def _call_methods(model, methods: tuple[str, ...], source) -> tuple:
+    """What each of ``methods`` of ``model`` gives for the images ``source``."""
+    return tuple(np.asarray(getattr(model, m)(source)) for m in methods)
+
+
+def _run_chunk(compute, paths: list[str], kept: list[int], skipped):
+    """What ``compute`` gives for the images at positions ``kept`` (a ``FileSource``).
+    With a list ``skipped``, an image that cannot be read is appended to it, removed
+    from ``kept`` and the chunk runs again without it (bad images are rare; a cache
+    keeps the rows already computed); None when no image is left."""
     while kept:
         # numbered as in the whole folder, so that errors name the image's index there
         source = FileSource([paths[i] for i in kept], numbers=kept)
         try:
-            return tuple(np.asarray(getattr(model, m)(source)) for m in methods)
+            return compute(source)
         except UnreadableImageError as exc:
             if skipped is None or exc.index not in kept:
                 raise

@@ -191,7 +191,7 @@ def test_a_regressor_explains_its_output():
     assert found.targets == [0, 0]
     np.testing.assert_allclose(found.scores, one.predict(X[:2]), rtol=1e-4)
     two = tiny(FineTunedRegressor, verbose=False).fit(X, np.c_[np.arange(8.0), -np.arange(8.0)])
-    with pytest.raises(ValueError, match="has 2 outputs: pass target=the index"):
+    with pytest.raises(ValueError, match="has 2 outputs: pass the index of the one to explain"):
         class_activation_maps(two, X[:1])
     np.testing.assert_allclose(explain(two, X[:2], target=1).scores, two.predict(X[:2])[:, 1])
 
@@ -265,10 +265,10 @@ def test_what_cannot_be_explained_is_named():
     [("test_efficientnet", "bn2"), ("test_resnet", "layer4"), ("test_vit", "blocks.5.norm1")],
 )
 def test_auto_picks_the_last_spatial_layer(model, layer):
-    from sktransfer._cam import _network, _target_layer
+    from sktransfer._cam import _target_layer, network_of
 
     extractor = tiny_extractor(model=model, layer="logits", image_size=64).fit()
-    assert _target_layer(_network(extractor), "auto").name == layer
+    assert _target_layer(network_of(extractor), "auto").name == layer
 
 
 def test_a_vision_transformer_map_uses_its_own_patch_grid():
