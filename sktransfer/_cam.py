@@ -97,7 +97,8 @@ def class_activation_maps(estimator, X, *, target=None, method="gradcam", layer=
         What to explain: a class label of ``classes_`` (for an extractor, an ImageNet
         class index; for a regressor, an output index), the same for every image; or a
         list or 1-D array with one per image. None explains the predicted class (the
-        top-1 ImageNet class; a regressor's single output). With several label columns
+        top-1 ImageNet class; a regressor's single output; with ``tta``, the class
+        predicted for the image as it is, unflipped). With several label columns
         (multi-task), a pair ``(task, label)``, ``task`` a name of ``task_names_`` or a
         column index, ``label`` None for the predicted one; or a list of such pairs.
     method : str, default="gradcam"
@@ -234,6 +235,19 @@ class _Explained:
     batch_size: int
     outputs: Outputs
 
+    @classmethod
+    def around(cls, fitted, outputs: Outputs, network: nn.Module | None = None) -> _Explained:
+        """The network of ``fitted`` (an extractor or a fine-tuner): its backbone, or
+        ``network`` built on it."""
+        return cls(
+            fitted.backbone_ if network is None else network,
+            fitted.backbone_,
+            fitted.data_config_,
+            fitted.device_,
+            fitted.batch_size,
+            outputs,
+        )
+
 
 _SUPPORTED = (
     "a fitted FineTunedClassifier, a FineTunedRegressor, a "
@@ -268,14 +282,7 @@ def _fine_tuned(estimator) -> _Explained:
     else:
         classes, names = [np.arange(estimator.n_outputs_)], None
     outputs = Outputs(classes, estimator._output_activation(), names, regression=not classifier)
-    return _Explained(
-        estimator.backbone_,
-        estimator.backbone_,
-        estimator.data_config_,
-        estimator.device_,
-        estimator.batch_size,
-        outputs,
-    )
+    return _Explained.around(estimator, outputs)
 
 
 def _imagenet_classifier(extractor) -> _Explained:
@@ -287,16 +294,8 @@ def _imagenet_classifier(extractor) -> _Explained:
             "layer='logits' (its ImageNet classes), or explain a Pipeline that ends in a "
             "linear classifier on these features."
         )
-    n_logits = extractor.n_features_out_
-    outputs = Outputs([np.arange(n_logits)], _softmax, None, regression=False)
-    return _Explained(
-        extractor.backbone_,
-        extractor.backbone_,
-        extractor.data_config_,
-        extractor.device_,
-        extractor.batch_size,
-        outputs,
-    )
+    outputs = Outputs([np.arange(extractor.n_features_out_)], _softmax, None, regression=False)
+    return _Explained.around(extractor, outputs)
 
 
 def _probe(pipeline: Pipeline) -> _Explained:
@@ -314,14 +313,7 @@ def _probe(pipeline: Pipeline) -> _Explained:
         head.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
     embedding = _Embedding(extractor.backbone_, extractor.layer_, extractor.pooling_)
     outputs = Outputs([np.asarray(last.classes_)], _softmax, None, regression=False)
-    return _Explained(
-        nn.Sequential(embedding, head).eval(),
-        extractor.backbone_,
-        extractor.data_config_,
-        extractor.device_,
-        extractor.batch_size,
-        outputs,
-    )
+    return _Explained.around(extractor, outputs, nn.Sequential(embedding, head).eval())
 
 
 def _folded_head(middle, last, width: int) -> tuple[np.ndarray, np.ndarray]:
