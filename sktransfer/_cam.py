@@ -494,27 +494,40 @@ class _Layer:
 def _target_layer(explained: _Explained, layer) -> _Layer:
     backbone = explained.backbone
     shapes = _output_shapes(explained)
-    modules = dict(backbone.named_modules())
     tokens = _token_grid(backbone, explained.cfg)
+    channels_last = getattr(backbone, "output_fmt", "NCHW") == "NHWC"
+    spatial = [n for n, shape in shapes.items() if _is_spatial(shape, tokens, channels_last)]
+    if not spatial:
+        raise _no_spatial_layer(backbone)
+    modules = dict(backbone.named_modules())
     if layer == "auto":
-        name = _auto_layer(backbone, shapes, tokens)
+        name = _auto_layer(backbone, spatial, shapes, tokens)
     elif isinstance(layer, str) and layer in modules and layer:
         name = layer
     else:
         raise ValueError(
-            f"layer={layer!r} is not a layer of this {type(backbone).__name__}.{_closest(layer, modules)} "
-            f"Layers with a spatial output include: {', '.join(_candidates(shapes, tokens))} "
-            "(or 'auto'; any name of backbone_.named_modules() with a spatial output)."
+            f"layer={layer!r} is not a layer of this {type(backbone).__name__}."
+            f"{_closest(layer, modules)} Layers with a spatial output include: "
+            f"{_candidates(spatial)} (or 'auto'; any name of backbone_.named_modules() "
+            "with a spatial output)."
         )
     shape = shapes.get(name)
-    if not _is_spatial(shape, tokens):
+    if name not in spatial:
         raise ValueError(
             f"layer={name!r} outputs shape {tuple(shape) if shape else 'nothing'}, not a "
             f"spatial map: there is nothing to lay on the image. Choose a layer with a "
-            f"spatial output: {', '.join(_candidates(shapes, tokens))}."
+            f"spatial output: {_candidates(spatial)}."
         )
     reshape = _reshape(backbone, shape, tokens)
     return _Layer(name, modules[name], reshape, tokens is not None and len(shape) == 3)
+
+
+def _no_spatial_layer(backbone: nn.Module) -> ValueError:
+    return ValueError(
+        f"This {type(backbone).__name__} has no layer with a spatial output at this input "
+        "size (every feature map is a single cell): there is no map to lay on the image. "
+        "Use a larger image_size."
+    )
 
 
 def _output_shapes(explained: _Explained) -> dict[str, tuple]:
@@ -552,39 +565,36 @@ def _token_grid(backbone: nn.Module, cfg: dict) -> tuple[int, int, int] | None:
     return height // ph, width // pw, int(getattr(backbone, "num_prefix_tokens", 0))
 
 
-def _is_spatial(shape, tokens) -> bool:
-    if shape is None:
-        return False
-    if len(shape) == 4:
-        return shape[2] * shape[3] > 1
-    if len(shape) == 3 and tokens is not None:
+def _is_spatial(shape, tokens, channels_last: bool) -> bool:
+    """Whether an output of ``shape`` is a map of more than one cell: a vision
+    transformer's tokens on its patch grid, or a convolutional feature map (channels
+    first, or last for models whose ``output_fmt`` says so)."""
+    if tokens is not None:
         gh, gw, prefix = tokens
-        return shape[1] == gh * gw + prefix and gh * gw > 1
+        return len(shape) == 3 and shape[1] == gh * gw + prefix and gh * gw > 1
+    if len(shape) == 4:
+        height, width = shape[1:3] if channels_last else shape[2:]
+        return height * width > 1
     return False
 
 
-def _auto_layer(backbone: nn.Module, shapes: dict, tokens) -> str:
+def _auto_layer(backbone: nn.Module, spatial: list[str], shapes: dict, tokens) -> str:
+    """A vision transformer's last block's attention input; otherwise the last module
+    (in the order they finish) with a spatial output, outside the classifier head."""
     if tokens is not None and hasattr(backbone, "blocks") and len(backbone.blocks):
         last = f"blocks.{len(backbone.blocks) - 1}"
         return f"{last}.norm1" if f"{last}.norm1" in shapes else last
-    head = set(_backbone.classifier_names(backbone))
-    spatial = [
-        name
-        for name, shape in shapes.items()
-        if _is_spatial(shape, tokens) and not any(name.startswith(h) for h in head)
-    ]
-    if not spatial:
-        raise ValueError(
-            f"This {type(backbone).__name__} has no layer with a spatial output at "
-            "this input size: there is no map to lay on the image. Use a larger "
-            "image_size, or a convolutional network or vision transformer."
-        )
-    return spatial[-1]
+    head = tuple(_backbone.classifier_names(backbone))
+    features = [name for name in spatial if not name.startswith(head)] if head else spatial
+    if not features:
+        raise _no_spatial_layer(backbone)
+    return features[-1]
 
 
-def _candidates(shapes: dict, tokens) -> list[str]:
-    names = [n for n, s in shapes.items() if _is_spatial(s, tokens) and n.count(".") <= 1]
-    return names[-8:] or ["(none)"]
+def _candidates(spatial: list[str]) -> str:
+    """The last few spatial layers, block-level names first choice."""
+    names = [name for name in spatial if name.count(".") <= 1] or spatial
+    return ", ".join(names[-8:])
 
 
 def _closest(layer, modules) -> str:
@@ -602,7 +612,7 @@ def _reshape(backbone: nn.Module, shape: tuple, tokens):
             return grid.permute(0, 3, 1, 2)
 
         return patches
-    if getattr(backbone, "output_fmt", "NCHW") == "NHWC":
+    if getattr(backbone, "output_fmt", "NCHW") == "NHWC":  # the channels-last layout
         return lambda t: t.permute(0, 3, 1, 2)
     return None
 

@@ -281,6 +281,22 @@ def test_a_vision_transformer_map_uses_its_own_patch_grid():
     assert maps[0].max() > 0.99
 
 
+def test_auto_skips_layers_whose_map_is_one_cell():
+    """At 32 px, test_resnet's layer4 is 1x1: nothing to lay on an image. auto takes the
+    last layer that still has a grid, layer3 (2x2)."""
+    from sktransfer._cam import _target_layer, network_of
+
+    extractor = tiny_extractor(model="test_resnet", layer="logits", image_size=32).fit()
+    assert _target_layer(network_of(extractor), "auto").name == "layer3"
+
+
+def test_a_model_with_no_spatial_layer_is_refused():
+    """test_vit at 16 px sees one 16-px patch: its tokens have no grid to lay out."""
+    model = tiny_extractor(model="test_vit", layer="logits", image_size=16).fit()
+    with pytest.raises(ValueError, match="has no layer with a spatial output at this input size"):
+        class_activation_maps(model, make_images(1))
+
+
 def test_a_named_layer_is_used(logits):
     X = make_images(1, 64, 64)
     a = class_activation_maps(logits, X, layer="blocks.3")[0]
