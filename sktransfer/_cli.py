@@ -334,13 +334,7 @@ def _add_predict(commands) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    predict.add_argument(
-        "model_file",
-        metavar="MODEL_FILE",
-        help="the saved model: .skops (safe: no code runs), or .pkl, .pickle, .joblib "
-        "(these run code when loaded: only load files you trust)",
-    )
-    predict.add_argument("root", metavar="ROOT", help="the folder of images (searched recursively)")
+    _add_model_and_root(predict)
     predict.add_argument(
         "--out",
         required=True,
@@ -355,6 +349,17 @@ def _add_predict(commands) -> None:
     _add_batch_and_device(predict, None, None)
     _add_run_options(predict)
     predict.set_defaults(command="predict")
+
+
+def _add_model_and_root(parser) -> None:
+    """The two positional arguments of the commands that run a saved model on a folder."""
+    parser.add_argument(
+        "model_file",
+        metavar="MODEL_FILE",
+        help="the saved model: .skops (safe: no code runs), or .pkl, .pickle, .joblib "
+        "(these run code when loaded: only load files you trust)",
+    )
+    parser.add_argument("root", metavar="ROOT", help="the folder of images (searched recursively)")
 
 
 def _add_explain(commands) -> None:
@@ -385,13 +390,7 @@ def _add_explain(commands) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    explain.add_argument(
-        "model_file",
-        metavar="MODEL_FILE",
-        help="the saved model: .skops (safe: no code runs), or .pkl, .pickle, .joblib "
-        "(these run code when loaded: only load files you trust)",
-    )
-    explain.add_argument("root", metavar="ROOT", help="the folder of images (searched recursively)")
+    _add_model_and_root(explain)
     explain.add_argument(
         "--out",
         required=True,

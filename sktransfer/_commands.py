@@ -410,12 +410,9 @@ def _explain_job(args, model, target, paths, root, folder: Path, chunk_size: int
                     )
                 bar.update(done)
         if skipped is not None:
-            _check_some_left(skipped, paths, root)
-            with contextlib.closing(_CsvTable(tmps[-1], ["path", "error"])) as listed:
-                listed.write([[names[i] for i, _ in skipped], [e for _, e in skipped]])
-    if skipped is None:  # an earlier run's list would describe another output
-        with contextlib.suppress(OSError):
-            os.remove(report)
+            _list_skipped(skipped, paths, root, names, tmps[-1])
+    if skipped is None:
+        _forget(report)
     return skipped
 
 
@@ -538,13 +535,23 @@ def _run_job(args, model, methods, paths, root, *, out: Path, sidecars=(), open_
         with contextlib.closing(open_rows(*tmps[: 1 + len(sidecars)])) as rows:
             _write_all(rows, blocks, names, args, desc)
         if skipped is not None:
-            _check_some_left(skipped, paths, root)
-            with contextlib.closing(_CsvTable(tmps[-1], ["path", "error"])) as listed:
-                listed.write([[names[i] for i, _ in skipped], [e for _, e in skipped]])
-    if skipped is None:  # an earlier run's list would describe another output
-        with contextlib.suppress(OSError):
-            os.remove(report)
+            _list_skipped(skipped, paths, root, names, tmps[-1])
+    if skipped is None:
+        _forget(report)
     return skipped
+
+
+def _list_skipped(skipped: list, paths: list[str], root: str, names: list[str], tmp) -> None:
+    """Write the skipped images (``path,error``) to ``tmp``, after checking some are left."""
+    _check_some_left(skipped, paths, root)
+    with contextlib.closing(_CsvTable(tmp, ["path", "error"])) as listed:
+        listed.write([[names[i] for i, _ in skipped], [e for _, e in skipped]])
+
+
+def _forget(report: Path) -> None:
+    """Remove an earlier run's list of skipped images: it would describe another output."""
+    with contextlib.suppress(OSError):
+        os.remove(report)
 
 
 def _check_some_left(skipped: list, paths: list[str], root: str) -> None:
