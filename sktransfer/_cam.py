@@ -63,11 +63,13 @@ METHODS = {
 @dataclass
 class Explanation:
     """What ``explain`` computed: per image, its map, the target it explains and the
-    model's score for that target (a probability; a predicted value for regressors)."""
+    model's score for that target (a probability; a predicted value for regressors), and
+    the decoded images (RGB PIL images) when they were asked for."""
 
     maps: list[np.ndarray]
     targets: list
     scores: np.ndarray
+    images: list | None = None
 
 
 def class_activation_maps(estimator, X, *, target=None, method="gradcam", layer="auto"):
@@ -147,27 +149,47 @@ def class_activation_maps(estimator, X, *, target=None, method="gradcam", layer=
 
 def explain(estimator, X, *, target=None, method="gradcam", layer="auto") -> Explanation:
     """``class_activation_maps``, with the target explained and its score per image."""
-    cam_method = _method(method)
-    explained = network_of(estimator)
-    source = as_images(X)
-    n = len(source)
-    found = _target_layer(explained, layer)
-    transform = _backbone.eval_transform(explained.cfg)
-    maps, targets, scores = [], [], []
-    with _frozen_parameters(explained.network), _explaining(explained.network):
-        for start in range(0, n, explained.batch_size):
-            idx = range(start, min(start + explained.batch_size, n))
-            images = [source.load(i) for i in idx]
-            x = torch.stack([transform(img) for img in images]).to(explained.device)
-            with torch.no_grad():
-                outputs = explained.network(x)
-            columns, labels = explained.outputs.columns(target, outputs, idx, n)
-            scores.append(explained.outputs.scores(outputs, columns))
-            cams = _run(cam_method, explained.network, found, x, columns)
-            for img, cam in zip(images, cams, strict=True):
-                maps.append(_on_image(cam, explained.cfg, img.size))
-            targets.extend(labels)
-    return Explanation(maps, targets, np.concatenate(scores))
+    return Explainer(estimator, method=method, layer=layer).explain(X, target)
+
+
+class Explainer:
+    """A fitted estimator made ready to explain: its network, the method and the layer
+    resolved once (finding the layer runs the network on a blank image), for any number
+    of ``explain`` calls (the command line's chunks)."""
+
+    def __init__(self, estimator, *, method="gradcam", layer="auto"):
+        self.method = _method(method)
+        self.explained = network_of(estimator)
+        self.layer = _target_layer(self.explained, layer)
+
+    @property
+    def batch_size(self) -> int:
+        return self.explained.batch_size
+
+    def explain(self, X, target=None, *, images: bool = False) -> Explanation:
+        """The maps of the images ``X``, their targets and scores, and with ``images``
+        the decoded images (for a caller that draws them: decoded once)."""
+        explained = self.explained
+        source = as_images(X)
+        n = len(source)
+        transform = _backbone.eval_transform(explained.cfg)
+        found = Explanation([], [], np.empty(0), [] if images else None)
+        with _frozen_parameters(explained.network), _explaining(explained.network):
+            for start in range(0, n, explained.batch_size):
+                idx = range(start, min(start + explained.batch_size, n))
+                batch = [source.load(i) for i in idx]
+                x = torch.stack([transform(img) for img in batch]).to(explained.device)
+                with torch.no_grad():
+                    outputs = explained.network(x)
+                columns, labels = explained.outputs.columns(target, outputs, idx, n)
+                found.scores = np.r_[found.scores, explained.outputs.scores(outputs, columns)]
+                cams = _run(self.method, explained.network, self.layer, x, columns)
+                for img, cam in zip(batch, cams, strict=True):
+                    found.maps.append(_on_image(cam, explained.cfg, img.size))
+                found.targets.extend(labels)
+                if images:
+                    found.images.extend(batch)
+        return found
 
 
 def overlay(image, cam, *, alpha=0.5):

@@ -97,8 +97,8 @@ class ClassActivationDisplay:
 
         The maps are those of
         [`class_activation_maps`][sktransfer.inspection.class_activation_maps], which
-        lists the estimators it supports. Each image is decoded once more for display, at
-        its own size.
+        lists the estimators it supports. Each image is decoded once, for its map and
+        its panel, at its own size.
 
         Parameters
         ----------
@@ -137,12 +137,11 @@ class ClassActivationDisplay:
         ValueError, TypeError
             See [`class_activation_maps`][sktransfer.inspection.class_activation_maps].
         """
-        from ._cam import explain
-        from ._images import as_images
+        from ._cam import Explainer
 
-        explanation = explain(estimator, X, target=target, method=method, layer=layer)
-        source = as_images(X)
-        images = [np.asarray(source.load(i)) for i in range(len(source))]
+        explainer = Explainer(estimator, method=method, layer=layer)
+        explanation = explainer.explain(X, target, images=True)
+        images = [np.asarray(image) for image in explanation.images]
         display = cls(
             images,
             explanation.maps,

@@ -309,11 +309,11 @@ def run_explain(args) -> int:
     folder = _output_folder(args.out, root)
     _cam.import_grad_cam()  # a missing extra shows before the model loads
     model = _load_model(args.model_file)
-    explained = _explainable(model, args.model_file)
-    target = _target(args.target, explained.outputs, args.model_file)
+    outputs = _explainable(model, args.model_file)
+    target = _target(args.target, outputs, args.model_file)
     _override(model, args.batch_size, args.device)
-    chunk_size = args.batch_size or explained.batch_size
-    skipped = _explain_job(args, model, target, paths, root, folder, chunk_size)
+    explainer = _cam.Explainer(model, method=args.method, layer=args.layer)  # once, not per chunk
+    skipped = _explain_job(args, explainer, target, paths, root, folder)
     seconds = time.perf_counter() - started
     print(
         f"Explained {len(paths) - len(skipped or ())} images ({args.method}) into {folder} "
@@ -345,8 +345,8 @@ def _output_folder(out: str, root: str) -> Path:
 
 
 def _explainable(model, path: str):
-    """The network that explains ``model`` (``sktransfer._cam``'s); a ``UsageError``
-    for a model that cannot be explained."""
+    """The outputs of the network that explains ``model`` (``sktransfer._cam.Outputs``);
+    a ``UsageError`` for a model that cannot be explained."""
     try:
         explained = _cam.network_of(model)
     except TypeError as exc:
@@ -358,7 +358,7 @@ def _explainable(model, path: str):
             "explain` explains one class: in Python, pass target=(task, label) to "
             "sktransfer.inspection.class_activation_maps."
         )
-    return explained
+    return explained.outputs
 
 
 def _target(text: str | None, outputs, path: str):
@@ -373,8 +373,8 @@ def _target(text: str | None, outputs, path: str):
         raise UsageError(f"{exc} Model: {path}.") from exc
 
 
-def _explain_job(args, model, target, paths, root, folder: Path, chunk_size: int):
-    """Explain the images ``paths`` (under ``root``) ``chunk_size`` at a time: each
+def _explain_job(args, explainer, target, paths, root, folder: Path):
+    """Explain the images ``paths`` (under ``root``) a batch at a time: each
     overlay into a staging folder inside ``folder``, moved into place at the end, then
     ``index.csv`` (and with ``--skip-bad-images``, ``skipped.csv``) renamed into place
     last. Returns the skipped images as ``(position, error)`` pairs (None without
@@ -384,7 +384,8 @@ def _explain_job(args, model, target, paths, root, folder: Path, chunk_size: int
     skipped = [] if args.skip_bad_images else None
     report = folder / "skipped.csv"
     sidecars = [report] if skipped is not None else []
-    compute = functools.partial(_explain_chunk, model, target, args.method, args.layer)
+    compute = functools.partial(explainer.explain, target=target, images=True)
+    chunk_size = explainer.batch_size
     shown = not args.no_progress and watching()
     with (
         _created(folder),
@@ -398,14 +399,13 @@ def _explain_job(args, model, target, paths, root, folder: Path, chunk_size: int
                 done = len(kept)
                 result = _run_chunk(compute, paths, kept, skipped)  # may shorten kept
                 if result is not None:
-                    _write_overlays(stage, [overlays[i] for i in kept], *result, args.alpha)
-                    explanation = result[0]
+                    _write_overlays(stage, [overlays[i] for i in kept], result, args.alpha)
                     index.write(
                         [
                             [names[i] for i in kept],
                             [overlays[i] for i in kept],
-                            explanation.targets,
-                            explanation.scores.tolist(),
+                            result.targets,
+                            result.scores.tolist(),
                         ]
                     )
                 bar.update(done)
@@ -416,15 +416,9 @@ def _explain_job(args, model, target, paths, root, folder: Path, chunk_size: int
     return skipped
 
 
-def _explain_chunk(model, target, method: str, layer: str, source):
-    """The explanation of the images ``source`` and the images themselves (RGB)."""
-    explanation = _cam.explain(model, source, target=target, method=method, layer=layer)
-    return explanation, [source.load(i) for i in range(len(source))]
-
-
-def _write_overlays(stage: Path, names: list[str], explanation, images, alpha: float) -> None:
+def _write_overlays(stage: Path, names: list[str], explanation, alpha: float) -> None:
     """Each map of ``explanation`` over its image, as a PNG at ``stage / name``."""
-    for name, image, cam in zip(names, images, explanation.maps, strict=True):
+    for name, image, cam in zip(names, explanation.images, explanation.maps, strict=True):
         path = stage / name
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(_cam.overlay(image, cam, alpha=alpha)).save(path, format="PNG")
