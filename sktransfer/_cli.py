@@ -54,6 +54,11 @@ CAM_METHODS = ("gradcam", "gradcam++", "layercam", "scorecam", "ablationcam", "e
 EXIT_USAGE = 2  # the user's mistake: options, folders, files, images
 EXIT_FAILURE = 1  # the environment's: no network, no scheduler, a missing package, a full disk
 
+_PICKLE_HELP = (
+    "Pickles (.pkl, .pickle, .joblib) run code when they load: only load files you "
+    "trust. A .skops file is loaded trusting only sktransfer's own types; a file "
+    "that names others is refused."
+)
 _EXIT_STATUS_HELP = (
     "Exit status: 0 on success; 2 for a wrong option, folder, output path, model file or "
     "image (the message says which); 1 when the environment fails (no Dask scheduler "
@@ -327,9 +332,7 @@ def _add_predict(commands) -> None:
                 "sktransfer predict model.skops images/ --out predictions.csv",
                 "sktransfer predict model.joblib images/ --out predictions.csv --device cuda",
             ],
-            "Pickles (.pkl, .pickle, .joblib) run code when they load: only load files you "
-            "trust. A .skops file is loaded trusting only sktransfer's own types; a file "
-            "that names others is refused.",
+            _PICKLE_HELP,
             _EXIT_STATUS_HELP,
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -383,9 +386,7 @@ def _add_explain(commands) -> None:
                 "sktransfer explain model.joblib images/ --out cams/ --method eigencam \\\n"
                 "    --target cat --alpha 0.4 --device cuda",
             ],
-            "Pickles (.pkl, .pickle, .joblib) run code when they load: only load files you "
-            "trust. A .skops file is loaded trusting only sktransfer's own types; a file "
-            "that names others is refused.",
+            _PICKLE_HELP,
             _EXIT_STATUS_HELP,
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -437,14 +438,7 @@ def _add_explain(commands) -> None:
     )
     _add_extensions(explain)
     _add_batch_and_device(explain, None, None)
-    explain.add_argument(
-        "--skip-bad-images",
-        action="store_true",
-        help="leave out the image files that cannot be opened or decoded, listed with "
-        "their error in FOLDER/skipped.csv (columns path, error), instead of stopping at "
-        "the first one. A run without it removes an earlier FOLDER/skipped.csv (default: "
-        "stop, with exit status 2)",
-    )
+    _add_skip_bad_images(explain, "FOLDER/skipped.csv")
     _add_no_progress(explain)
     explain.set_defaults(command="explain")
 
@@ -492,13 +486,8 @@ def _add_run_options(parser) -> None:
         metavar="SECONDS",
         help="how long to wait for the scheduler to answer (default: %(default)g)",
     )
-    parser.add_argument(
-        "--skip-bad-images",
-        action="store_true",
-        help="leave out the image files that cannot be opened or decoded, listed with "
-        "their error in FILE.skipped.csv (columns path, error) beside the output, instead "
-        "of stopping at the first one; not with --dask-scheduler. A run without it "
-        "removes an earlier FILE.skipped.csv (default: stop, with exit status 2)",
+    _add_skip_bad_images(
+        parser, "FILE.skipped.csv", " beside the output", "; not with --dask-scheduler"
     )
     parser.add_argument(
         "--chunk-size",
@@ -509,6 +498,19 @@ def _add_run_options(parser) -> None:
         "written at once (default: %(default)s)",
     )
     _add_no_progress(parser)
+
+
+def _add_skip_bad_images(parser, listed_in: str, where: str = "", limits: str = "") -> None:
+    """``--skip-bad-images``, whose list of skipped images is ``listed_in`` (``where``,
+    e.g. beside the output), with the ``limits`` of the command."""
+    parser.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out the image files that cannot be opened or decoded, listed with "
+        f"their error in {listed_in} (columns path, error){where}, instead of stopping at "
+        f"the first one{limits}. A run without it removes an earlier {listed_in} (default: "
+        "stop, with exit status 2)",
+    )
 
 
 def _add_no_progress(parser) -> None:
