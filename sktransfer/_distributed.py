@@ -9,11 +9,13 @@ builds the graph. Three things make it fit image work:
   into partitions (the paths themselves are small: they are gathered there); rows of
   repeated paths are taken from the one computed row.
 - **The model once per worker.** The fitted estimator is scattered to every worker (or,
-  without a distributed client, put in the graph as one task); each worker receives it
-  once and keeps it while its partitions run, instead of once per task, and a worker
-  that dies leaves copies for the retries of its tasks. It travels as
-  data (see the serving guide), and a ``device="auto"`` estimator loads on the worker's
-  own best device.
+  without a distributed client, put in the graph as one task), instead of once per task,
+  and a worker that dies leaves copies for the retries of its tasks. Dask's Active Memory
+  Manager drops the copies that no task waits for yet, and a worker that needs one later
+  fetches it again: each process keeps the models it loaded last (two), so it takes
+  its own copy rather than loading the model a second time. The model travels as data
+  (see the serving guide), and a ``device="auto"`` estimator loads on the worker's own
+  best device.
 - **Messages name the input.** A file that a worker cannot read is named by its index in
   ``X`` and its path, with the worker's address.
 
@@ -26,7 +28,10 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from numbers import Integral
 
@@ -191,8 +196,8 @@ def connect(address: str, timeout: float = 10.0):
 
 
 def _apply_block(paths: np.ndarray, numbers: np.ndarray, *, model, method: str):
-    """``method`` of ``model`` on the files ``paths`` (``numbers``: their indices in the
-    user's input, for messages). Runs on a worker."""
+    """``method`` of the estimator of ``model`` (a ``_Model``) on the files ``paths``
+    (``numbers``: their indices in the user's input, for messages). Runs on a worker."""
     return np.asarray(_run(paths, numbers, model, method))
 
 
@@ -203,7 +208,7 @@ def _apply_block_parts(paths: np.ndarray, numbers: np.ndarray, *, model, method:
     for t, part in enumerate(parts):
         if part.ndim == 0 or len(part) != len(paths):
             raise ValueError(
-                f"{type(model).__name__}.{method} gave {part.shape} for element {t} of its "
+                f"{type(model.estimator).__name__}.{method} gave {part.shape} for element {t} of its "
                 f"list on {len(paths)} images: dask_transform needs one row per image."
             )
     return parts
@@ -218,7 +223,7 @@ def _run(paths: np.ndarray, numbers: np.ndarray, model, method: str):
             f"{exc} (on Dask worker {_worker_address()}). Every worker reads the images at "
             "the paths given: put them on storage that all workers mount at the same path."
         ) from exc
-    return getattr(model, method)(source)
+    return getattr(model.estimator, method)(source)
 
 
 def _worker_address() -> str:
@@ -285,13 +290,46 @@ def _chunk_sizes(n: int, chunk_size: int) -> list[int]:
 
 def _shipped(estimator):
     """``estimator`` as something a dask graph can depend on, sent once per worker."""
+    model = _Model(estimator, uuid.uuid4().hex)
     client = _client()
     if client is not None:
         # on every worker: one that dies leaves copies for its tasks' retries
-        return client.scatter(estimator, hash=False, broadcast=True)
+        return client.scatter(model, hash=False, broadcast=True)
     import dask
 
-    return dask.delayed(estimator, name=f"sktransfer-model-{uuid.uuid4().hex}", traverse=False)
+    return dask.delayed(model, name=f"sktransfer-model-{model.token}", traverse=False)
+
+
+class _Model:
+    """A fitted estimator as the tasks of one ``dask_transform`` receive it. Pickled, it
+    travels as its token and the estimator's bytes; unpickled in a process that already
+    holds the estimator of that token, it is that estimator again, not a second load."""
+
+    def __init__(self, estimator, token: str):
+        self.estimator, self.token = estimator, token
+
+    def __reduce__(self):
+        import cloudpickle  # a dependency of dask, as pickle with dask's reach
+
+        return _arrived, (self.token, cloudpickle.dumps(self.estimator))
+
+
+_KEPT = 2  # the models that a process keeps after its tasks end, the last received
+_received: OrderedDict[str, object] = OrderedDict()
+_receiving = threading.Lock()
+
+
+def _arrived(token: str, payload: bytes) -> _Model:
+    """The ``_Model`` of ``token`` in this process: loaded from ``payload`` only when
+    this process does not hold it already."""
+    with _receiving:
+        estimator = _received.pop(token, None)
+        if estimator is None:
+            estimator = pickle.loads(payload)
+        _received[token] = estimator
+        while len(_received) > _KEPT:
+            _received.popitem(last=False)
+    return _Model(estimator, token)
 
 
 def _client():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,23 @@ class TestEmbedding:
         assert done["loads"] == dict.fromkeys(client.scheduler_info()["workers"], 1)
         assert result.chunks[0] == (CHUNK,) * (3 * N_IMAGES // CHUNK)
         np.testing.assert_array_equal(computed, expected[order])
+
+    def test_a_worker_given_the_model_again_keeps_the_copy_it_loaded(
+        self, client, extractor, files, expected, worker_counts
+    ):
+        # Dask's Active Memory Manager drops the replicas of the model that no task
+        # waits for yet; a worker that needs it later fetches it again
+        result = dask_transform(extractor, files, chunk_size=CHUNK)
+        holders = dict.fromkeys(client.scheduler_info()["workers"], 1)
+        assert worker_counts()["loads"] == holders  # sent to every worker
+        client.amm.run_once()
+        deadline = time.monotonic() + 30
+        while len(kept := set().union(*client.who_has().values())) > 1:
+            assert time.monotonic() < deadline, "the memory manager dropped no replica"
+            time.sleep(0.05)
+        (dropped,) = set(holders) - kept
+        np.testing.assert_array_equal(result.compute(workers=[dropped]), expected)
+        assert worker_counts()["loads"] == holders  # each still once
 
     def test_predict_proba_of_a_probe_pipeline(self, client, files, labels):
         probe = make_pipeline(counting_extractor(), LogisticRegression(max_iter=200))
