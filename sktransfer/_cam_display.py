@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import is_regressor
 
-from ._panels import check_maps, check_positive_int, format_value, import_pyplot, panel_axes
+from ._display import import_pyplot
+from ._panels import check_maps, check_positive_int, format_value, panel_axes
 
 _MAP_TITLE = "class activation map"
 
@@ -190,7 +191,7 @@ class ClassActivationDisplay:
         titles = self._titles(len(images))
         per_image = 1 if overlay else 2
         columns = _panels_per_row(ncols, len(images), overlay) * per_image
-        plt = import_pyplot(type(self).__name__)
+        plt = import_pyplot(type(self).__name__, "inspection")
         axes = panel_axes(len(images) * per_image, columns, ax, plt)
         for i, (image, cam, title) in enumerate(zip(images, maps, titles, strict=True)):
             if overlay:

@@ -151,7 +151,7 @@ class TrainingHistoryDisplay:
         metrics = _check_metrics(metrics, records)
         series = {metric: _metric_series(metric, epochs, records) for metric in metrics}
         boundary = _stage_boundary(epochs, records)
-        plt = _import_pyplot()
+        plt = import_pyplot(type(self).__name__)
         axes = _check_axes(ax, metrics, plt)
         self.lines_, self.stage_lines_ = {}, {}
         for metric, panel in zip(metrics, axes, strict=True):
@@ -175,13 +175,14 @@ class TrainingHistoryDisplay:
         panel.legend()
 
 
-def _import_pyplot():
+def import_pyplot(owner: str, extra: str = "plots"):
+    """matplotlib.pyplot, or an ImportError saying that ``owner`` needs it and which
+    extra of sktransfer installs it."""
     try:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise ImportError(
-            "TrainingHistoryDisplay needs matplotlib, which is not installed: "
-            "pip install sktransfer[plots]"
+            f"{owner} needs matplotlib, which is not installed: pip install sktransfer[{extra}]"
         ) from exc
     return plt
 

@@ -39,16 +39,6 @@ def format_value(value):
     return str(value)
 
 
-def import_pyplot(owner):
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ImportError(
-            f"{owner} needs matplotlib, which is not installed: pip install sktransfer[inspection]"
-        ) from exc
-    return plt
-
-
 def panel_axes(n_panels, ncols, ax, plt):
     """``n_panels`` Axes in reading order as a 1-D object array, axes off; a new figure of
     ``ncols`` columns when ``ax`` is None. Panels left over are hidden."""

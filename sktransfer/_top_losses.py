@@ -13,7 +13,8 @@ import numpy as np
 from sklearn.base import is_classifier, is_regressor
 from sklearn.utils.validation import check_is_fitted
 
-from ._panels import check_maps, check_positive_int, format_value, import_pyplot, panel_axes
+from ._display import import_pyplot
+from ._panels import check_maps, check_positive_int, format_value, panel_axes
 
 _MIN_PROBABILITY = 1e-15  # log loss of a probability of 0 is infinite: clip it, as sklearn
 
@@ -273,7 +274,7 @@ class TopLossesDisplay:
         images = list(self.images)
         titles = self._titles(len(images))
         maps = check_maps(self.maps, images)
-        plt = import_pyplot(type(self).__name__)
+        plt = import_pyplot(type(self).__name__, "inspection")
         axes = panel_axes(len(images), ncols, ax, plt)
         for i, (panel, image, title) in enumerate(zip(axes, images, titles, strict=False)):
             panel.imshow(image if maps is None else _overlay(image, maps[i]))
