@@ -25,6 +25,7 @@ from torch import nn
 
 from . import _hub
 from ._options import POOLINGS, PREPROCESSING_PRESETS
+from ._params import did_you_mean
 from ._warnings import UnstatedPreprocessingWarning, warn
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
@@ -425,11 +426,10 @@ def stated_preprocessing(preprocessing, channels: int) -> dict:
     }
     unknown = sorted(set(preprocessing) - set(checks), key=str)
     if unknown:
-        close = difflib.get_close_matches(str(unknown[0]), checks, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(
-            f"preprocessing has the unknown key {unknown[0]!r}.{hint} It takes timm's "
-            f"data-config keys: {', '.join(checks)} (the input size is image_size)."
+            f"preprocessing has the unknown key {unknown[0]!r}."
+            f"{did_you_mean(unknown[0], checks)} It takes timm's data-config keys: "
+            f"{', '.join(checks)} (the input size is image_size)."
         )
     return {key: checks[key](value) for key, value in preprocessing.items()}
 

@@ -11,7 +11,6 @@ each map from the model's input back onto the pixels of the image it was given
 from __future__ import annotations
 
 import contextlib
-import difflib
 import io
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -25,6 +24,7 @@ from torch import nn
 
 from . import _backbone
 from ._images import as_images
+from ._params import did_you_mean
 
 _SHOWN_LABELS = 20  # an unknown target lists at most these many of the model's labels
 
@@ -529,9 +529,9 @@ def _target_layer(explained: _Explained, layer) -> _Layer:
     else:
         raise ValueError(
             f"layer={layer!r} is not a layer of this {type(backbone).__name__}."
-            f"{_closest(layer, modules)} Layers with a spatial output include: "
-            f"{_candidates(spatial)} (or 'auto'; any name of backbone_.named_modules() "
-            "with a spatial output)."
+            f"{did_you_mean(layer, [m for m in modules if m])} Layers with a spatial output "
+            f"include: {_candidates(spatial)} (or 'auto'; any name of "
+            "backbone_.named_modules() with a spatial output)."
         )
     shape = shapes.get(name)
     if name not in spatial:
@@ -619,11 +619,6 @@ def _candidates(spatial: list[str]) -> str:
     return ", ".join(names[-8:])
 
 
-def _closest(layer, modules) -> str:
-    close = difflib.get_close_matches(str(layer), [m for m in modules if m], n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
 def _reshape(backbone: nn.Module, shape: tuple, tokens):
     """pytorch-grad-cam's ``reshape_transform``: the layer's output as (n, c, h, w)."""
     if len(shape) == 3:
@@ -644,9 +639,10 @@ def _reshape(backbone: nn.Module, shape: tuple, tokens):
 
 def _method(method) -> CamMethod:
     if method not in METHODS:
-        close = difflib.get_close_matches(str(method), METHODS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"method={method!r} is not known.{hint} Use one of {list(METHODS)}.")
+        raise ValueError(
+            f"method={method!r} is not known.{did_you_mean(method, METHODS)} Use one of "
+            f"{list(METHODS)}."
+        )
     return METHODS[method]
 
 

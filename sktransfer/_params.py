@@ -24,6 +24,7 @@ a list of flags, so a bool there is a mistake, not a block index or a size).
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from numbers import Integral, Number, Real
 
@@ -226,3 +227,11 @@ def parse_bytes(value, name: str) -> int:
         f"{name}={value!r} is not a size: expected a number of bytes (an int >= 0) or a "
         "string with a unit, such as '500MB' or '4GiB'."
     )
+
+
+def did_you_mean(word, known) -> str:
+    """`` Did you mean 'x'?``, ``x`` the name of ``known`` closest to ``word`` (a value
+    or name that is not known), for the end of an error message; empty when none is
+    close."""
+    close = difflib.get_close_matches(str(word), list(known), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
