@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import is_regressor
 
+from . import _cam
 from ._display import import_pyplot
 from ._panels import check_maps, check_positive_int, format_value, panel_axes
 
@@ -138,9 +139,7 @@ class ClassActivationDisplay:
         ValueError, TypeError
             See [`class_activation_maps`][sktransfer.inspection.class_activation_maps].
         """
-        from ._cam import Explainer
-
-        explainer = Explainer(estimator, method=method, layer=layer)
+        explainer = _cam.Explainer(estimator, method=method, layer=layer)
         explanation = explainer.explain(X, target, images=True)
         images = [np.asarray(image) for image in explanation.images]
         display = cls(
@@ -230,9 +229,7 @@ def _optional_column(values, name, n):
 
 
 def _draw_overlay(panel, image, cam, alpha, title):
-    from ._cam import overlay
-
-    panel.imshow(overlay(image, cam, alpha=alpha))
+    panel.imshow(_cam.overlay(image, cam, alpha=alpha))
     panel.set_title(title, fontsize="small")
 
 

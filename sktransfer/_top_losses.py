@@ -13,6 +13,7 @@ import numpy as np
 from sklearn.base import is_classifier, is_regressor
 from sklearn.utils.validation import check_is_fitted
 
+from ._cam import class_activation_maps, overlay
 from ._display import import_pyplot
 from ._panels import check_maps, check_positive_int, format_value, panel_axes
 
@@ -277,7 +278,7 @@ class TopLossesDisplay:
         plt = import_pyplot(type(self).__name__, "inspection")
         axes = panel_axes(len(images), ncols, ax, plt)
         for i, (panel, image, title) in enumerate(zip(axes, images, titles, strict=False)):
-            panel.imshow(image if maps is None else _overlay(image, maps[i]))
+            panel.imshow(image if maps is None else overlay(image, maps[i]))
             panel.set_title(title, fontsize="small")
         self.ax_, self.figure_ = axes, axes[0].figure
         return self
@@ -391,16 +392,8 @@ def _targets(values, name):
 
 def _cam_maps(estimator, images, y_pred, probabilities, method, layer):
     """Where the model looked for what it predicted (classifiers), or for its output."""
-    from ._cam import class_activation_maps
-
     target = None if probabilities is None else list(y_pred)
     return class_activation_maps(estimator, images, target=target, method=method, layer=layer)
-
-
-def _overlay(image, cam):
-    from ._cam import overlay
-
-    return overlay(image, cam)
 
 
 def _column(values, name, n):
