@@ -385,7 +385,7 @@ def _explain_job(args, explainer, target, paths, root, folder: Path):
     report = folder / "skipped.csv"
     sidecars = [report] if skipped is not None else []
     compute = functools.partial(explainer.explain, target=target, images=True)
-    chunk_size = explainer.batch_size
+    chunks = _local_chunks(compute, paths, explainer.batch_size, skipped)
     shown = not args.no_progress and watching()
     with (
         _created(folder),
@@ -394,10 +394,7 @@ def _explain_job(args, explainer, target, paths, root, folder: Path):
         image_bar(len(paths), "explaining", enabled=shown) as bar,
     ):
         with contextlib.closing(_CsvTable(tmps[0], INDEX_COLUMNS)) as index:
-            for start in range(0, len(paths), chunk_size):
-                kept = list(range(start, min(start + chunk_size, len(paths))))
-                done = len(kept)
-                result = _run_chunk(compute, paths, kept, skipped)  # may shorten kept
+            for span, kept, result in chunks:
                 if result is not None:
                     _write_overlays(stage, [overlays[i] for i in kept], result, args.alpha)
                     index.write(
@@ -408,7 +405,7 @@ def _explain_job(args, explainer, target, paths, root, folder: Path):
                             result.scores.tolist(),
                         ]
                     )
-                bar.update(done)
+                bar.update(len(span))
         if skipped is not None:
             _list_skipped(skipped, paths, root, names, tmps[-1])
     if skipped is None:
@@ -589,12 +586,19 @@ def _blocks(model, paths: list[str], methods: tuple[str, ...], chunk_size: int, 
             yield span, span, outputs
             start = span.stop
         return
+    compute = functools.partial(_call_methods, model, methods)
+    yield from _local_chunks(compute, paths, chunk_size, skipped)
+
+
+def _local_chunks(compute, paths: list[str], chunk_size: int, skipped):
+    """For each chunk of ``paths`` in order, in this process: its positions in
+    ``paths``, the positions of the images read, and what ``compute`` gives for them
+    (``_run_chunk``; None when no image is left)."""
     for start in range(0, len(paths), chunk_size):
         span = range(start, min(start + chunk_size, len(paths)))
         kept = list(span)
-        compute = functools.partial(_call_methods, model, methods)
-        outputs = _run_chunk(compute, paths, kept, skipped)  # may shorten kept
-        yield span, kept, outputs
+        result = _run_chunk(compute, paths, kept, skipped)  # may shorten kept
+        yield span, kept, result
 
 
 def _call_methods(model, methods: tuple[str, ...], source) -> tuple:
