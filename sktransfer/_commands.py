@@ -719,11 +719,16 @@ class _ParquetRows(_ParquetTable):
 
 
 class _CsvTable:
-    """A CSV file of the columns ``header``, written block of columns by block."""
+    """A CSV file of the columns ``header``, written block of columns by block; with
+    ``header=None``, the caller writes it (``write_header``) before the first block."""
 
-    def __init__(self, path: str, header: list[str]):
+    def __init__(self, path: str, header: list[str] | None = None):
         self.file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
         self.csv = csv.writer(self.file)
+        if header is not None:
+            self.write_header(header)
+
+    def write_header(self, header: list[str]) -> None:
         self.csv.writerow(header)
 
     def write(self, columns: list) -> None:
@@ -791,8 +796,7 @@ class _CsvRows:
     the header is written with the first block."""
 
     def __init__(self, path: str, classes, task_names=None):
-        self.file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
-        self.csv = csv.writer(self.file)
+        self.table = _CsvTable(path)
         self.classes = classes
         self.task_names = task_names
         self.header = None
@@ -800,12 +804,11 @@ class _CsvRows:
     def write(self, paths: list[str], predictions: np.ndarray, proba=None) -> None:
         if self.header is None:
             self.header = self._header(predictions)
-            self.csv.writerow(self.header)
-        columns = [predictions.reshape(len(paths), -1)]
+            self.table.write_header(self.header)
+        columns = [paths, *predictions.reshape(len(paths), -1).T.tolist()]
         if proba is not None:
-            columns.append(np.asarray(proba))
-        for path, *cells in zip(paths, *(c.tolist() for c in columns), strict=True):
-            self.csv.writerow([path, *(v for cell in cells for v in cell)])
+            columns += np.asarray(proba).T.tolist()
+        self.table.write(columns)
 
     def _header(self, predictions: np.ndarray) -> list[str]:
         if predictions.ndim == 1:
@@ -821,4 +824,4 @@ class _CsvRows:
         return ["path", *names, *probas]
 
     def close(self) -> None:
-        self.file.close()
+        self.table.close()
