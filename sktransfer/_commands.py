@@ -198,8 +198,9 @@ def _read_model_file(path: str):
     return sio.load(path, trusted=untrusted)
 
 
-def _is_ours(type_name: str) -> bool:
-    return type_name.split(".", 1)[0] == "sktransfer"
+def _is_ours(name: str) -> bool:
+    """Whether the dotted ``name`` (of a type, or a module) is sktransfer's."""
+    return name.split(".", 1)[0] == "sktransfer"
 
 
 def _skops_io():
@@ -278,7 +279,7 @@ def _sktransfer_estimators(model) -> list:
     best = getattr(model, "best_estimator_", None)
     if best is not None:
         candidates += _sktransfer_estimators(best)
-    found = {id(c): c for c in candidates if type(c).__module__.split(".")[0] == "sktransfer"}
+    found = {id(c): c for c in candidates if _is_ours(type(c).__module__)}
     return list(found.values())
 
 
