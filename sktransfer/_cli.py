@@ -542,22 +542,22 @@ def _integer(text: str, expected: str, *, high: int | None) -> int:
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
+    return _real(text, "a number of seconds > 0", lambda value: value > 0)
 
 
 def _fraction(text: str) -> float:
+    return _real(text, "a number from 0 to 1", lambda value: 0 <= value <= 1)
+
+
+def _real(text: str, expected: str, valid) -> float:
+    """``text`` as a float for which ``valid`` holds; else an error saying what was
+    ``expected``."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    if not valid(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
 
 
