@@ -540,7 +540,7 @@ def _target_layer(explained: _Explained, layer) -> _Layer:
             f"spatial map: there is nothing to lay on the image. Choose a layer with a "
             f"spatial output: {_candidates(spatial)}."
         )
-    reshape = _reshape(backbone, shape, tokens)
+    reshape = _reshape(shape, tokens, channels_last)
     return _Layer(name, modules[name], reshape, tokens is not None and len(shape) == 3)
 
 
@@ -619,7 +619,7 @@ def _candidates(spatial: list[str]) -> str:
     return ", ".join(names[-8:])
 
 
-def _reshape(backbone: nn.Module, shape: tuple, tokens):
+def _reshape(shape: tuple, tokens, channels_last: bool):
     """pytorch-grad-cam's ``reshape_transform``: the layer's output as (n, c, h, w)."""
     if len(shape) == 3:
         gh, gw, prefix = tokens
@@ -629,7 +629,7 @@ def _reshape(backbone: nn.Module, shape: tuple, tokens):
             return grid.permute(0, 3, 1, 2)
 
         return patches
-    if getattr(backbone, "output_fmt", "NCHW") == "NHWC":  # the channels-last layout
+    if channels_last:
         return lambda t: t.permute(0, 3, 1, 2)
     return None
 
