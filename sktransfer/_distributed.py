@@ -207,9 +207,10 @@ def _apply_block_parts(paths: np.ndarray, numbers: np.ndarray, *, model, method:
     parts = tuple(np.asarray(part) for part in _run(paths, numbers, model, method))
     for t, part in enumerate(parts):
         if part.ndim == 0 or len(part) != len(paths):
+            name = type(model.estimator).__name__
             raise ValueError(
-                f"{type(model.estimator).__name__}.{method} gave {part.shape} for element {t} of its "
-                f"list on {len(paths)} images: dask_transform needs one row per image."
+                f"{name}.{method} gave {part.shape} for element {t} of its list on "
+                f"{len(paths)} images: dask_transform needs one row per image."
             )
     return parts
 
