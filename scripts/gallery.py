@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib
 import sys
 import tempfile
 import time
@@ -29,18 +28,17 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+import _lite0  # noqa: E402 (the checkpoint and its preprocessing, examples/_lite0.py)
+
 SEED = 0
 CELL_SIZE = 128  # px: ELPV cells are 300x300; 128 px keeps every fit to seconds
 PHOTO_SIZE = 224  # px: the photos are classified at Lite0's own ImageNet resolution
 DPI = 90
 # ELPV's four expert ratings of the defect probability, as class labels in their order.
 LEVELS = {0.0: "0", 1 / 3: "1/3", 2 / 3: "2/3", 1.0: "1"}
-PHOTOS = (
-    ("skimage", "chelsea"),
-    ("skimage", "coffee"),
-    ("sklearn", "flower.jpg"),
-    ("sklearn", "china.jpg"),
-)
+SKIMAGE_PHOTOS = ("chelsea", "coffee")
+SKLEARN_PHOTOS = ("flower.jpg", "china.jpg")
 
 # The file name of each figure, referenced by docs/gallery.md (keep them stable).
 FIGURES = (
@@ -61,29 +59,16 @@ def _timed(name):
     print(f"gallery: {name} {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
 
-def _lite0():
-    """``examples/_lite0.py``: the EfficientNet-Lite0 checkpoint and its preprocessing."""
-    examples = str(ROOT / "examples")
-    if examples not in sys.path:
-        sys.path.insert(0, examples)
-    return importlib.import_module("_lite0")
-
-
 def _photos():
-    """The photos of ``PHOTOS`` as (name, uint8 RGB array) pairs."""
+    """scikit-image's and scikit-learn's photos, as (name, uint8 RGB array) pairs."""
     from skimage import data
     from sklearn.datasets import load_sample_images
 
     sample = load_sample_images()
-    sklearn_photos = dict(zip(sample.filenames, sample.images, strict=True))
-    photos = []
-    for source, name in PHOTOS:
-        if source == "skimage":
-            photos.append((name, getattr(data, name)()))
-        else:
-            path = next(p for p in sklearn_photos if Path(p).name == name)
-            photos.append((Path(name).stem, sklearn_photos[path]))
-    return photos
+    files = zip(sample.filenames, sample.images, strict=True)
+    by_name = {Path(file).name: image for file, image in files}
+    photos = [(name, getattr(data, name)()) for name in SKIMAGE_PHOTOS]
+    return photos + [(Path(name).stem, by_name[name]) for name in SKLEARN_PHOTOS]
 
 
 class Gallery:
@@ -134,7 +119,7 @@ class Gallery:
         from sklearn.preprocessing import StandardScaler
 
         X_train, _, y_train, _ = self.cells
-        extractor = _lite0().feature_extractor(CELL_SIZE, memory=self.memory)
+        extractor = _lite0.feature_extractor(CELL_SIZE, memory=self.memory)
         extractor.set_params(verbose=False)
         probe = make_pipeline(extractor, StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
         with _timed("fit the probe (300 cells)"):
@@ -147,11 +132,10 @@ class Gallery:
 
         X_train, _, y_train, _ = self.cells
         X, y = X_train[:200], _defective(y_train[:200])
-        lite0 = _lite0()
         clf = FineTunedClassifier(
-            lite0.MODEL,
-            weights=lite0.WEIGHTS,
-            preprocessing=lite0.PREPROCESSING,
+            _lite0.MODEL,
+            weights=_lite0.WEIGHTS,
+            preprocessing=_lite0.PREPROCESSING,
             image_size=CELL_SIZE,
             freeze_depth=0.5,
             head_epochs=2,
@@ -179,7 +163,7 @@ class Gallery:
         from sktransfer import top_imagenet_labels
 
         photos = _photos()
-        extractor = _lite0().feature_extractor(PHOTO_SIZE)
+        extractor = _lite0.feature_extractor(PHOTO_SIZE)
         extractor.set_params(layer="logits", verbose=False)
         scores = extractor.fit_transform([image for _, image in photos])
         figure, axes = plt.subplots(
@@ -264,10 +248,10 @@ class Gallery:
 
         from sktransfer.inspection import ClassActivationDisplay
 
-        cell = self._defective_cell()
+        with Image.open(self._defective_cell()) as decoded:
+            cell = np.asarray(decoded.convert("RGB"))  # decoded once, for the three panels
         figure, (image, left, right) = plt.subplots(1, 3, figsize=(9, 3.4), layout="constrained")
-        with Image.open(cell) as decoded:
-            image.imshow(decoded.convert("RGB"))
+        image.imshow(cell)
         image.set_title("Held-out cell, rated 1")
         image.axis("off")
         ClassActivationDisplay.from_estimator(self.probe, [cell], target="1", ax=left)

@@ -6,10 +6,10 @@ draws to the site as ``gallery/<name>.png``, a generated file: nothing is writte
 link of ``docs/gallery.md`` to them. When the script fails, so does the build, with its
 output in the error.
 
-The script runs in its own process (a fresh torch, matplotlib on Agg) and takes about a
-minute on two CPU cores. To skip it, e.g. while editing prose under ``mkdocs serve``,
-point the environment variable ``SKTRANSFER_GALLERY_DIR`` at a folder of PNGs drawn
-before (``python scripts/gallery.py OUT``): they are used as they are.
+The script runs in its own process (a fresh torch; it draws with matplotlib's Agg) and
+takes about a minute on two CPU cores. To skip it, e.g. while editing prose under
+``mkdocs serve``, point the environment variable ``SKTRANSFER_GALLERY_DIR`` at a folder
+of PNGs drawn before (``python scripts/gallery.py OUT``): they are used as they are.
 """
 
 from __future__ import annotations
@@ -49,10 +49,8 @@ def on_files(files, config):
 
 def _draw(folder):
     """Run the gallery script into ``folder``; raise PluginError with its output if it fails."""
-    env = {**os.environ, "MPLBACKEND": "Agg"}
     run = subprocess.run(
         [sys.executable, str(GALLERY_SCRIPT), folder],
-        env=env,
         capture_output=True,
         text=True,
     )
