@@ -20,6 +20,7 @@ fi
 export HF_HUB_OFFLINE=1
 .venv/bin/ruff check sktransfer tests examples benchmarks scripts
 rm -rf build/site
+unset SKTRANSFER_GALLERY_DIR  # the gallery is drawn afresh, never taken from an old folder
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir build/site
 echo "docs: built with --strict"
 SKTRANSFER_BUILT_SITE="$PWD/build/site" .venv/bin/python -m pytest "$@"
