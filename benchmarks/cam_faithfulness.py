@@ -54,6 +54,7 @@ Exit status 1 on a miss::
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -78,7 +79,7 @@ from sktransfer import PretrainedFeatureExtractor
 from sktransfer._cam import _on_image, explain
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-from _lite0 import MODEL, PREPROCESSING, WEIGHTS  # noqa: E402
+from _lite0 import MODEL, feature_extractor  # noqa: E402
 
 FRACTIONS = (0.05, 0.10, 0.20)
 SEEDS = (0, 1, 2)
@@ -110,6 +111,14 @@ class Task:
     def extractor(self) -> PretrainedFeatureExtractor:
         return self.estimator[0] if hasattr(self.estimator, "steps") else self.estimator
 
+    @functools.cached_property
+    def grid(self) -> tuple[int, int]:
+        """The height and width of the last feature map, where the maps are computed."""
+        cfg = self.extractor.data_config_
+        with torch.no_grad():
+            features = self.extractor.backbone_.forward_features(torch.zeros(1, *cfg["input_size"]))
+        return tuple(features.shape[-2:])
+
     def probabilities(self, images) -> np.ndarray:
         if hasattr(self.estimator, "steps"):
             return self.estimator.predict_proba(images)
@@ -138,16 +147,9 @@ def shrink(image: np.ndarray, side: int) -> np.ndarray:
 
 
 def imagenet_task(images, size) -> Task:
-    extractor = PretrainedFeatureExtractor(
-        MODEL,
-        weights=WEIGHTS,
-        preprocessing=PREPROCESSING,
-        layer="logits",
-        image_size=size,
-        device="cpu",
-    ).fit()
+    extractor = feature_extractor(size).set_params(layer="logits", device="cpu").fit()
     task = Task("ImageNet photos", size, extractor, images, [], [])
-    top1 = [int(np.argmax(task.probabilities([image])[0])) for image in images]
+    top1 = np.argmax(task.probabilities(images), axis=1).tolist()
     task.targets, task.columns = top1, top1
     return task
 
@@ -155,9 +157,7 @@ def imagenet_task(images, size) -> Task:
 def elpv_task(train, candidates, size, n) -> Task:
     """The probe at ``size`` px, explaining the first ``n`` of the ``candidates``
     (defective cells) that it flags as defective: the class a user would explain."""
-    extractor = PretrainedFeatureExtractor(
-        MODEL, weights=WEIGHTS, preprocessing=PREPROCESSING, image_size=size, device="cpu"
-    )
+    extractor = feature_extractor(size).set_params(device="cpu")
     probe = make_pipeline(extractor, StandardScaler(), LogisticRegression(max_iter=2000))
     probe.fit(*train)
     column = int(np.flatnonzero(probe.classes_ == 1)[0])
@@ -176,9 +176,7 @@ def blob_map(task: Task, image: np.ndarray, rng) -> np.ndarray:
     """Noise on the explained layer's grid, upsampled to the input and laid on the
     image as the methods' maps are."""
     cfg = task.extractor.data_config_
-    with torch.no_grad():
-        grid = task.extractor.backbone_.forward_features(torch.zeros(1, *cfg["input_size"]))
-    noise = torch.as_tensor(rng.random(grid.shape[-2:]), dtype=torch.float32)[None, None]
+    noise = torch.as_tensor(rng.random(task.grid), dtype=torch.float32)[None, None]
     upsampled = torch.nn.functional.interpolate(
         noise, size=cfg["input_size"][1:], mode="bilinear", align_corners=False
     )
