@@ -9,10 +9,10 @@ import pickle
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import torch
+from conftest import REPO_ROOT
 from skorch import NeuralNet
 from skorch.callbacks import Callback
 
@@ -35,7 +35,6 @@ DATA_FREE_CHECKS = [
     "check_mixin_order",
     "check_estimators_unfitted",  # predict raises NotFittedError before reading X
 ]
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def colour_images(y, size=TINY_SIZE, seed=0):

@@ -22,7 +22,7 @@ from PIL import Image
 from sktransfer import PretrainedFeatureExtractor
 from sktransfer.datasets import load_elpv
 
-ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = "test_efficientnet"
 TINY_SIZE = 32
 
@@ -221,7 +221,7 @@ def built_site(tmp_path_factory):
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "HF_HUB_OFFLINE": "1"}
     build = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)],
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,

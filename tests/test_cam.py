@@ -233,7 +233,7 @@ def test_a_probe_is_folded_into_one_network(middle, n_classes):
     assert not probe[0].backbone_.training  # the fitted extractor is left as it was
 
 
-def test_a_fitted_search_explains_its_best_estimator(classifier):
+def test_a_fitted_search_explains_its_best_estimator():
     y = np.arange(12) % 2
     X = colour_images(y)
     search = GridSearchCV(
@@ -261,13 +261,20 @@ def test_what_cannot_be_explained_is_named():
 
 
 @pytest.mark.parametrize(
-    "model, layer",
-    [("test_efficientnet", "bn2"), ("test_resnet", "layer4"), ("test_vit", "blocks.5.norm1")],
+    "model, image_size, layer",
+    [
+        ("test_efficientnet", 64, "bn2"),
+        ("test_resnet", 64, "layer4"),
+        ("test_vit", 64, "blocks.5.norm1"),
+        # at 32 px, test_resnet's layer4 is 1x1: nothing to lay on an image. auto takes
+        # the last layer that still has a grid, layer3 (2x2)
+        ("test_resnet", 32, "layer3"),
+    ],
 )
-def test_auto_picks_the_last_spatial_layer(model, layer):
+def test_auto_picks_the_last_spatial_layer(model, image_size, layer):
     from sktransfer._cam import _target_layer, network_of
 
-    extractor = tiny_extractor(model=model, layer="logits", image_size=64).fit()
+    extractor = tiny_extractor(model=model, layer="logits", image_size=image_size).fit()
     assert _target_layer(network_of(extractor), "auto").name == layer
 
 
@@ -279,15 +286,6 @@ def test_a_vision_transformer_map_uses_its_own_patch_grid():
     maps = class_activation_maps(model, make_images(2, 64, 96))
     assert [m.shape for m in maps] == [(64, 96), (64, 96)]
     assert maps[0].max() > 0.99
-
-
-def test_auto_skips_layers_whose_map_is_one_cell():
-    """At 32 px, test_resnet's layer4 is 1x1: nothing to lay on an image. auto takes the
-    last layer that still has a grid, layer3 (2x2)."""
-    from sktransfer._cam import _target_layer, network_of
-
-    extractor = tiny_extractor(model="test_resnet", layer="logits", image_size=32).fit()
-    assert _target_layer(network_of(extractor), "auto").name == "layer3"
 
 
 def test_a_model_with_no_spatial_layer_is_refused():

@@ -7,7 +7,6 @@ give for ``load_image_folder(ROOT, labelled=False).paths``.
 
 from __future__ import annotations
 
-import csv
 import os
 import pickle
 import socket
@@ -19,6 +18,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+from _cli_fixtures import folder_with_bad_images, last_line, read_csv
 from _finetune_fixtures import colour_images, tiny
 from conftest import (
     TINY_MODEL,
@@ -137,24 +137,6 @@ def embed_args(root, out, checkpoint, *extra):
         str(out),
         *extra,
     ]
-
-
-def folder_with_bad_images(folder):
-    """Six images, two of them unreadable: ``1.png`` (truncated, first chunk of 4) and
-    ``4.png`` (not an image, second chunk); returns the paths of the readable ones."""
-    files = save_images(colour_images(LABELS[:6]), folder)
-    (folder / "1.png").write_bytes((folder / "1.png").read_bytes()[:200])
-    (folder / "4.png").write_bytes(b"not an image")
-    return [str(files[i]) for i in (0, 2, 3, 5)]
-
-
-def last_line(text: str) -> str:
-    return text.rstrip("\n").splitlines()[-1]
-
-
-def read_csv(path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def relative(paths, root) -> list[str]:
@@ -598,7 +580,8 @@ class TestPredict:
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
 
-        pipe = make_pipeline(reference[0], LogisticRegression())
+        extractor = pickle.loads(pickle.dumps(reference[0]))  # leaves the fixture as it is
+        pipe = make_pipeline(extractor, LogisticRegression())
         _override(pipe, 3, "cpu")
         assert (pipe[0].batch_size, pipe[0].device, str(pipe[0].device_)) == (3, "cpu", "cpu")
         with pytest.raises(ValueError, match="not available on this machine"):
@@ -792,16 +775,17 @@ class TestLogits:
 
 class TestSkipBadImages:
     @pytest.mark.parametrize("suffix", [".npy", ".parquet"])
-    def test_embed_leaves_them_out_and_lists_them(self, suffix, tiny_checkpoint, tmp_path, capsys):
-        folder = tmp_path / "images"
-        good = folder_with_bad_images(folder)
+    def test_embed_leaves_them_out_and_lists_them(
+        self, suffix, reference, tiny_checkpoint, tmp_path, capsys
+    ):
+        folder, good = folder_with_bad_images(tmp_path / "images")
         out = tmp_path / f"e{suffix}"
         assert main(embed_args(folder, out, tiny_checkpoint, "--skip-bad-images")) == 0
         report = tmp_path / "e.skipped.csv"
         summary = capsys.readouterr().out
         assert summary.startswith(f"Embedded 4 images (256 features each) into {out} in ")
         assert summary.endswith(f" s; skipped 2 unreadable images (listed in {report}).\n")
-        expected = tiny_extractor(weights=tiny_checkpoint, batch_size=CHUNK).fit().transform(good)
+        expected = reference[0].transform(good)
         if suffix == ".npy":
             rows = np.load(out)  # the header states the 4 rows written, not 6
             names = (tmp_path / "e.paths.txt").read_text(encoding="utf-8").splitlines()
@@ -823,8 +807,7 @@ class TestSkipBadImages:
         )
 
     def test_predict_leaves_them_out_and_lists_them(self, classifier, tmp_path, capsys):
-        folder = tmp_path / "images"
-        good = folder_with_bad_images(folder)
+        folder, good = folder_with_bad_images(tmp_path / "images")
         model_file, out = tmp_path / "model.joblib", tmp_path / "p.csv"
         joblib.dump(classifier, model_file)
         args = ["predict", str(model_file), str(folder), "--out", str(out), "--chunk-size", "4"]
@@ -867,8 +850,7 @@ class TestSkipBadImages:
     def test_a_failed_run_leaves_the_npy_and_its_paths_untouched(
         self, tiny_checkpoint, tmp_path, capsys
     ):
-        folder = tmp_path / "images"
-        folder_with_bad_images(folder)
+        folder, _ = folder_with_bad_images(tmp_path / "images")
         out, paths_file = tmp_path / "e.npy", tmp_path / "e.paths.txt"
         out.write_bytes(b"the previous output")
         paths_file.write_text("its paths\n")
@@ -879,13 +861,11 @@ class TestSkipBadImages:
         assert paths_file.read_text() == "its paths\n"
         assert sorted(os.listdir(tmp_path)) == ["e.npy", "e.paths.txt", "images"]
 
-    def test_the_error_names_the_file_and_travels_whole(self, tiny_checkpoint, tmp_path):
-        folder = tmp_path / "images"
-        folder_with_bad_images(folder)
-        extractor = tiny_extractor(weights=tiny_checkpoint).fit()
+    def test_the_error_names_the_file_and_travels_whole(self, fitted, tmp_path):
+        folder, _ = folder_with_bad_images(tmp_path / "images")
         files = sorted(str(p) for p in folder.iterdir())
         with pytest.raises(UnreadableImageError, match=r"^Image 1 \(.*\) is truncated") as info:
-            extractor.transform(files)
+            fitted.transform(files)
         copy = pickle.loads(pickle.dumps(info.value))  # as Dask sends it back
         for error in (info.value, copy):
             assert isinstance(error, ValueError)

@@ -26,15 +26,14 @@ import numpy as np
 import pytest
 import timm.data
 import torch
-from _finetune_fixtures import REPO_ROOT, colour_images, tiny
-from conftest import save_checkpoint
-from PIL import Image
+from _finetune_fixtures import colour_images, tiny
+from conftest import REPO_ROOT, save_checkpoint, save_images, tiny_extractor
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureExtractor, PretrainedWeightsError
 from sktransfer._cli import main
 from sktransfer._options import PREPROCESSING_PRESETS
 
-HEAVY = ("torch", "timm", "skorch", "sklearn", "numpy")
+HEAVY = ("torch", "timm", "skorch", "sklearn", "numpy", "pytorch_grad_cam")
 ANSI = re.compile(r"\x1b\[")
 EPOCH = re.compile(r"^epoch (\d+)/(\d+) (\w+): ", re.MULTILINE)
 
@@ -91,11 +90,16 @@ def imported_modules(stderr: str) -> set[str]:
 
 
 class TestInstantStart:
-    def test_help_imports_no_torch(self):
+    @pytest.mark.parametrize(
+        ("command", "shown"),
+        [(["--help"], "sktransfer embed"), (["explain", "--help"], "usage: sktransfer explain ")],
+        ids=["sktransfer", "explain"],
+    )
+    def test_help_imports_no_torch(self, command, shown):
         status, out, err = run_python(
-            ["-X", "importtime", "-m", "sktransfer", "--help"], terminal=False
+            ["-X", "importtime", "-m", "sktransfer", *command], terminal=False
         )
-        assert status == 0 and "sktransfer embed" in out
+        assert status == 0 and shown in out
         assert "sktransfer" in imported_modules(err)
         assert not imported_modules(err) & set(HEAVY)
 
@@ -197,9 +201,7 @@ class TestNoNetwork:
         assert huggingface_hub.constants.HF_HUB_OFFLINE is False
 
     def test_the_command_line_prints_one_error_line(self, unreachable_hub, tmp_path, capsys):
-        (tmp_path / "images").mkdir()
-        colour = colour_images(np.array([0]))[0]
-        Image.fromarray(colour).save(tmp_path / "images" / "a.png")
+        save_images(colour_images(np.array([0])), tmp_path / "images")
         status = main(
             ["embed", str(tmp_path / "images"), "--model", "test_efficientnet.r160_in1k",
              "--out", str(tmp_path / "out.npy"), "--no-progress"]
@@ -242,12 +244,9 @@ class TestProgress:
             assert f"epoch {epoch}:   0%|          | 0/20 [" in err
         assert "image/s" in err and "it/s" not in err
 
-    def test_extractor_and_predict_bars_count_images(self, capfd):
+    def test_the_extractor_bar_counts_images(self, capfd):
         images = colour_images(np.arange(10) % 2)
-        extractor = PretrainedFeatureExtractor(
-            "test_efficientnet", weights=None, image_size=32, batch_size=4, verbose=True
-        )
-        extractor.fit().transform(images)
+        tiny_extractor(batch_size=4, verbose=True).fit().transform(images)
         err = capfd.readouterr().err
         assert "embedding:   0%|          | 0/10 [" in err and "image/s" in err
 
@@ -292,8 +291,7 @@ class TestWhereAPersonWatches:
         assert json.loads(out) == {"main": True, "processes": [False, False], "threads": [False, False]}  # fmt: skip
 
     def test_the_command_line_shows_one_bar_for_the_job(self, tmp_path):
-        for i, colour in enumerate(colour_images(np.arange(4) % 2)):
-            Image.fromarray(colour).save(tmp_path / f"{i}.png")
+        save_images(colour_images(np.arange(4) % 2), tmp_path)
         command = [
             "-m", "sktransfer", "embed", str(tmp_path), "--model", "test_efficientnet",
             "--weights", "none", "--image-size", "32", "--chunk-size", "2",

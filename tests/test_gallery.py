@@ -11,10 +11,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-GALLERY_PAGE = ROOT / "docs" / "gallery.md"
-SCREENSHOT = ROOT / "build" / "screenshots" / "gallery.png"
+GALLERY_PAGE = REPO_ROOT / "docs" / "gallery.md"
+SCREENSHOT = REPO_ROOT / "build" / "screenshots" / "gallery.png"
 CHROMIUM_ARGS = [
     "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
     "--disable-gpu",

@@ -7,14 +7,10 @@ give the same answers as their own ``predict_proba`` and ``predict``.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from _finetune_fixtures import colour_images, tiny
-from conftest import tiny_extractor
-from PIL import Image
+from conftest import save_images, tiny_extractor
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression, RidgeClassifier
@@ -201,10 +197,7 @@ class TestTopLossesClassifier:
             np.testing.assert_array_equal(shown(panel), image)
 
     def test_an_unreadable_image_among_those_shown_names_its_file(self, table, tmp_path):
-        paths = []
-        for i, image in enumerate(images_of(5)):
-            paths.append(tmp_path / f"{i}.png")
-            Image.fromarray(image).save(paths[-1])
+        paths = save_images(images_of(5), tmp_path)
         paths[1].write_bytes(b"not a png")
         with pytest.raises(UnreadableImageError, match="1.png") as error:
             TopLossesDisplay.from_estimator(table, [str(p) for p in paths], Y, k=2)
@@ -427,14 +420,6 @@ class TestRealEstimators:
         assert display.probabilities is None and len(visible(display)) == 5
 
 
-def test_importing_the_displays_does_not_import_matplotlib():
-    code = (
-        "import sys, sktransfer._top_losses, sktransfer._cam_display; "
-        "assert 'matplotlib' not in sys.modules"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
 # ------------------------------------------------------------------ ClassActivationDisplay
 
 
@@ -564,34 +549,26 @@ class TestClassActivationFromEstimator:
 
 
 class TestTopLossesMaps:
-    def test_maps_show_where_the_model_looked_for_its_prediction(self, classifier, colours):
-        """The maps are those of the predicted classes, with the method and layer asked
-        for, each drawn over its image."""
+    @pytest.mark.parametrize(
+        "cam_params",
+        [{}, {"method": "layercam", "layer": "blocks.1"}],
+        ids=["default", "layercam"],
+    )
+    def test_maps_show_where_the_model_looked_for_its_prediction(
+        self, classifier, colours, cam_params
+    ):
+        """The maps are those of the predicted classes, at each image's size, with the
+        method and layer asked for (if any), each drawn over its image."""
         X, _, y = colours
-        display = TopLossesDisplay.from_estimator(
-            classifier, X, y, k=2, cam=True, method="layercam", layer="blocks.1"
-        )
+        display = TopLossesDisplay.from_estimator(classifier, X, y, k=2, cam=True, **cam_params)
         expected = inspection.class_activation_maps(
-            classifier,
-            X[display.indices],
-            target=list(display.y_pred),
-            method="layercam",
-            layer="blocks.1",
-        )
-        for cam, want in zip(display.maps, expected, strict=True):
-            np.testing.assert_allclose(cam, want, atol=1e-5)
-        for panel, image, cam in zip(display.ax_, display.images, display.maps, strict=True):
-            np.testing.assert_array_equal(shown(panel), overlay(image, cam))
-
-    def test_fine_tuned_classifier(self, classifier, colours):
-        X, _, y = colours
-        display = TopLossesDisplay.from_estimator(classifier, X, y, k=2, cam=True)
-        expected = inspection.class_activation_maps(
-            classifier, X[display.indices], target=list(display.y_pred)
+            classifier, X[display.indices], target=list(display.y_pred), **cam_params
         )
         for cam, want, image in zip(display.maps, expected, display.images, strict=True):
             assert cam.shape == image.shape[:2]
             np.testing.assert_allclose(cam, want, atol=1e-5)
+        for panel, image, cam in zip(display.ax_, display.images, display.maps, strict=True):
+            np.testing.assert_array_equal(shown(panel), overlay(image, cam))
 
     def test_regressor_explains_its_output(self, regressor, colours):
         X = colours[0]
