@@ -25,6 +25,7 @@ from torch import nn
 from . import _backbone
 from ._images import as_images
 from ._params import did_you_mean
+from ._preprocess import Preprocess
 
 _SHOWN_LABELS = 20  # an unknown target lists at most these many of the model's labels
 
@@ -705,24 +706,12 @@ def _explaining(network: nn.Module):
 def _geometry(cfg: dict, size: tuple[int, int]):
     """How the model's eval transform places an image of ``size`` (width, height): the
     scale of each axis and the crop's offset, so that the pixel at ``u`` of the image
-    lies at ``u * scale - offset`` of the model's input. Read off timm's own resize
-    step, so that every crop mode and interpolation agrees with it."""
-    from PIL import Image
-
-    steps = _backbone.eval_transform(cfg).transforms
-    resized = steps[0](Image.new("L", size)).size
-    crop_h, crop_w = cfg["input_size"][1:]
-    scales = (resized[1] / size[1], resized[0] / size[0])
-    offsets = (_crop_offset(resized[1], crop_h), _crop_offset(resized[0], crop_w))
-    return scales, offsets
-
-
-def _crop_offset(resized: int, crop: int) -> int:
-    """Where a centre crop (torchvision's and timm's rounding) starts; negative where
-    the image is padded to the crop."""
-    if resized >= crop:
-        return int(round((resized - crop) / 2.0))
-    return -((crop - resized) // 2)
+    lies at ``u * scale - offset`` of the model's input. ``Preprocess`` computes the
+    sizes as timm's transform does, for every crop mode."""
+    preprocess = Preprocess.of(cfg)
+    resized = preprocess.resized_size(size)
+    left, top = preprocess.crop_offsets(size)
+    return (resized[1] / size[1], resized[0] / size[0]), (top, left)
 
 
 def _on_image(cam: np.ndarray, cfg: dict, size: tuple[int, int]) -> np.ndarray:

@@ -49,7 +49,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from ._pixels import image_layout, is_sixteen_bit, pixel_scale, stack_layout, to_pil
@@ -576,18 +575,22 @@ def iter_batches(
     batch_size: int,
     num_workers: int = 0,
     indices: Sequence[int] | None = None,
-) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """Yield ``(positions, batch)`` with ``batch`` a stacked tensor of transformed images.
+    *,
+    stack: Callable = np.stack,
+) -> Iterator[tuple[np.ndarray, object]]:
+    """Yield ``(positions, batch)`` with ``batch`` the transformed images stacked by
+    ``stack`` (``torch.stack`` for tensors; numpy's by default, so that serving without
+    torch shares this loop).
 
     Only the batches in flight are ever decoded: one without workers, ``num_workers + 1``
     with them (each worker thread decodes a whole batch while the model runs on the
-    previous one; PIL and torch release the GIL while they work).
+    previous one; PIL, numpy, torch and ONNX Runtime release the GIL while they work).
     """
     indices = np.arange(len(source)) if indices is None else np.asarray(indices)
     chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
 
     def load(chunk):
-        return torch.stack([transform(source.load(int(i))) for i in chunk])
+        return stack([transform(source.load(int(i))) for i in chunk])
 
     if num_workers == 0:
         for chunk in chunks:

@@ -40,7 +40,8 @@ def run_batches(
     The caller puts the model in eval mode; see ``run_forward`` for the rest.
     """
     positions = np.arange(len(source)) if positions is None else np.asarray(positions)
-    batches = (b for _, b in iter_batches(source, transform, batch_size, num_workers, positions))
+    chunks = iter_batches(source, transform, batch_size, num_workers, positions, stack=torch.stack)
+    batches = (b for _, b in chunks)
     return run_forward(
         forward,
         batches,
