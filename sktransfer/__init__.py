@@ -18,7 +18,7 @@ _PUBLIC = {
     "CacheReadOnlyWarning": "._cache",
     "FineTunedClassifier": "._classifier",
     "FineTunedRegressor": "._regressor",
-    "InconsistentVersionWarning": "._state",
+    "InconsistentVersionWarning": "._warnings",
     "InvalidParameterError": "._params",
     "PretrainedFeatureExtractor": "._features",
     "PretrainedWeightsError": "._hub",
@@ -30,7 +30,7 @@ _PUBLIC = {
 }
 
 __all__ = [*_PUBLIC, "__version__"]
-_SUBMODULES = ("datasets", "inspection")
+_SUBMODULES = ("datasets", "inspection", "serving")
 
 
 def __getattr__(name: str):
@@ -58,5 +58,4 @@ if TYPE_CHECKING:  # what static tools (type checkers, IDEs, griffe) read
     from ._images import UnreadableImageError
     from ._params import InvalidParameterError
     from ._regressor import FineTunedRegressor
-    from ._state import InconsistentVersionWarning
-    from ._warnings import UnstatedPreprocessingWarning
+    from ._warnings import InconsistentVersionWarning, UnstatedPreprocessingWarning

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -55,12 +56,19 @@ class ExportsOnnx(ABC):
         -------
         path : pathlib.Path
         """
+        import onnx
+
+        path = Path(os.fspath(path))
+        onnx.save(self._onnx_graph(opset_version), str(path))
+        return path
+
+    def _onnx_graph(self, opset_version: int = 18):
+        """The fitted network as an ``onnx.ModelProto``, its metadata recorded."""
         check_is_fitted(self)
         validate_params(self, ("tta",))  # the one parameter the graph reads
         network, output, metadata = self._onnx_network()
-        return export_onnx(
+        return onnx_graph(
             network,
-            path,
             input_size=self.data_config_["input_size"],
             output=output,
             metadata={
@@ -69,6 +77,7 @@ class ExportsOnnx(ABC):
                 **metadata,
             },
             opset_version=opset_version,
+            owner=type(self).__name__,
         )
 
     @abstractmethod
@@ -76,27 +85,39 @@ class ExportsOnnx(ABC):
         """The network to export, the name of its output and the metadata to record."""
 
 
-def export_onnx(
-    network: nn.Module, path, *, input_size, output: str, metadata: dict, opset_version: int
-) -> Path:
-    """Write ``network`` (a copy of it, float32 on the CPU) to the ONNX file ``path``.
+def onnx_graph(
+    network: nn.Module, *, input_size, output: str, metadata: dict, opset_version: int, owner: str
+):
+    """``network`` (a copy of it, float32 on the CPU) as an ``onnx.ModelProto``.
 
     ``metadata`` is stored as JSON under the key ``"sktransfer"``, with the versions and
-    the names of the input and output added.
+    the names of the input and output added. A network that does not export raises a
+    ``ValueError`` naming the layer at fault where one of the user's own layers is
+    (``owner`` names the estimator).
     """
     try:
-        import onnx
+        import onnx  # noqa: F401 (the exporter needs it; say so before it fails)
     except ImportError as exc:
         raise ImportError(
-            "export_onnx needs the onnx and onnxscript packages: pip install "
-            "'sktransfer[onnx]' (onnxruntime, to run the file, is in that extra too)."
+            "Exporting to ONNX needs the onnx and onnxscript packages: pip install "
+            "'sktransfer[onnx]' (onnxruntime, to run the graph, is in that extra too)."
         ) from exc
-    path = Path(os.fspath(path))
     network = copy.deepcopy(network).to("cpu", torch.float32).eval()
     network = network.to(memory_format=torch.contiguous_format)
     example = torch.zeros(2, *input_size)
+    try:
+        model = _exported(network, example, output, opset_version)
+    except torch.onnx.OnnxExporterError as exc:
+        raise ValueError(_not_exportable(network, example, exc, owner)) from exc
+    info = {"input": "images", "output": output, **metadata, "versions": versions()}
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(info, default=_plain)
+    return model
+
+
+def _exported(module: nn.Module, example: torch.Tensor, output: str, opset_version: int):
     program = torch.onnx.export(
-        network,
+        module,
         (example,),
         dynamo=True,
         input_names=["images"],
@@ -105,12 +126,61 @@ def export_onnx(
         opset_version=opset_version,
         verbose=False,
     )
-    model = program.model_proto
-    info = {"input": "images", "output": output, **metadata, "versions": versions()}
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(info, default=_plain)
-    onnx.save(model, str(path))
-    return path
+    return program.model_proto
+
+
+def _not_exportable(network: nn.Module, example, exc: Exception, owner: str) -> str:
+    """Why ``network`` does not export, naming the first of the user's own layers (a
+    class neither torch's nor timm's) that does not export on its own."""
+    reason = _summary(exc)
+    for name, module, inputs in _own_layers(network, example):
+        try:
+            torch.onnx.export(module, inputs, dynamo=True, verbose=False)
+        except Exception as layer_exc:  # whatever the exporter raises for this layer
+            cls = type(module)
+            name = re.sub(r"^backbone\.", "backbone_.", name)  # the estimator's attribute
+            return (
+                f"The network of this {owner} cannot be exported to ONNX: its layer "
+                f"{name!r} ({cls.__qualname__}, from {cls.__module__}) does not export "
+                f"({_summary(layer_exc)}). Rewrite that layer with operations that "
+                "torch.export can trace and ONNX supports (no data-dependent Python "
+                "branches, no numpy), or remove it and refit. The torch estimator "
+                "itself is unchanged and still predicts."
+            )
+    return (
+        f"The network of this {owner} cannot be exported to ONNX ({reason}). Its layers "
+        "are all torch's and timm's, so its timm architecture does not export with this "
+        "torch: try another opset_version, another torch, or another architecture. The "
+        "torch estimator itself is unchanged and still predicts."
+    )
+
+
+def _own_layers(network: nn.Module, example) -> list:
+    """``(name, module, inputs)`` of each layer whose class is the user's (neither
+    torch's nor timm's), with the inputs it receives, in the order they run."""
+    found, hooks = [], []
+    for name, module in network.named_modules():
+        if type(module).__module__.split(".")[0] not in ("torch", "timm", "sktransfer"):
+            record = (lambda n: lambda m, args: found.append((n, m, args)))(name)
+            hooks.append(module.register_forward_pre_hook(record))
+    try:
+        with torch.no_grad():
+            network(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found
+
+
+def _summary(exc: Exception) -> str:
+    """The exporter's one-line summary of ``exc`` (its messages run to pages)."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    if "## Exception summary" in lines:
+        after = lines[lines.index("## Exception summary") + 1 :]
+        lines = [line for line in after if line]
+    text = next((line for line in lines if line), type(exc).__name__)
+    text = re.sub(r"^<class '[\w.]+'>: ", "", text)
+    return text.split(". ")[0].rstrip(".")[:300]
 
 
 def _plain(value):

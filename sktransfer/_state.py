@@ -25,41 +25,11 @@ from torch import nn
 
 from . import _backbone
 from ._device import loadable_device, resolve_device
-from ._warnings import warn
+from ._warnings import warn_on_other_versions
 
 _MODULE = "sktransfer:module"
 _DEVICE = "sktransfer:device"
 _VERSIONS = "_sktransfer_versions"
-
-
-class InconsistentVersionWarning(UserWarning):
-    """Loading a model saved with another version of sktransfer, timm or torch.
-
-    Like scikit-learn's warning of the same name: the model is rebuilt from its stored
-    architecture and weights, which usually works across versions, but its predictions
-    should be checked, or the model refitted with the current versions.
-
-    Attributes
-    ----------
-    estimator_name : str
-    package : str
-        ``"sktransfer"``, ``"timm"`` or ``"torch"``.
-    original_version, current_version : str
-    """
-
-    def __init__(self, *, estimator_name, package, original_version, current_version):
-        self.estimator_name = estimator_name
-        self.package = package
-        self.original_version = original_version
-        self.current_version = current_version
-
-    def __str__(self):
-        return (
-            f"Loading {self.estimator_name} saved with {self.package} "
-            f"{self.original_version} while {self.package} {self.current_version} is "
-            "installed. It is rebuilt from its stored architecture and weights; check its "
-            f"predictions, or install {self.package}=={self.original_version}, or refit it."
-        )
 
 
 class StoredAsData:
@@ -160,7 +130,7 @@ def from_data(data: Mapping, estimator_name: str, device: torch.device) -> dict:
             "it again."
         )
     if saved is not None:
-        _warn_on_other_versions(saved, estimator_name)
+        warn_on_other_versions(saved, versions(), estimator_name)
     return {k: _value_from_data(v, device) for k, v in state.items()}
 
 
@@ -212,17 +182,3 @@ def _array(tensor: torch.Tensor) -> np.ndarray:
     if tensor.dtype == torch.bfloat16:
         tensor = tensor.float()
     return tensor.contiguous().numpy()
-
-
-def _warn_on_other_versions(saved: Mapping, estimator_name: str) -> None:
-    for package, current in versions().items():
-        original = saved.get(package)
-        if original is not None and original != current:
-            warn(
-                InconsistentVersionWarning(
-                    estimator_name=estimator_name,
-                    package=package,
-                    original_version=original,
-                    current_version=current,
-                )
-            )
