@@ -29,6 +29,7 @@ from ._features import PretrainedFeatureExtractor, top_imagenet_labels
 from ._images import FileSource, UnreadableImageError
 from ._progress import image_bar, watching
 from ._regressor import FineTunedRegressor
+from ._serving import ServedClassifier, ServedEstimator
 from .datasets import NoImagesError, load_image_folder
 
 EMBEDDING_FORMATS = (".npy", ".parquet")
@@ -36,7 +37,12 @@ TOP_K_FORMATS = (".csv", ".parquet")
 PREDICTION_FORMATS = (".csv",)
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 MODEL_SUFFIXES = (".skops", *PICKLE_SUFFIXES)
-IMAGE_ESTIMATORS = (PretrainedFeatureExtractor, FineTunedClassifier, FineTunedRegressor)
+IMAGE_ESTIMATORS = (
+    PretrainedFeatureExtractor,
+    FineTunedClassifier,
+    FineTunedRegressor,
+    ServedEstimator,
+)
 INDEX_COLUMNS = ["path", "overlay", "target", "score"]
 
 
@@ -266,6 +272,12 @@ def _override(model, batch_size, device) -> None:
             f"--batch-size and --device apply to sktransfer estimators, and this "
             f"{type(model).__name__} holds none: leave them out."
         )
+    served = [e for e in estimators if isinstance(e, ServedEstimator)]
+    if "device" in given and served:
+        raise UsageError(
+            f"--device does not apply to a {type(served[0]).__name__}, which runs on the CPU "
+            "with ONNX Runtime: leave it out."
+        )
     for estimator in estimators:
         estimator.set_params(verbose=False, **given)
         if "device" in given and hasattr(estimator, "backbone_"):
@@ -286,7 +298,8 @@ def _sktransfer_estimators(model) -> list:
 def _labels_are_argmax(model) -> bool:
     """Whether ``model.predict`` is exactly the class of highest ``predict_proba``: a
     single-label fine-tuned classifier."""
-    return isinstance(model, FineTunedClassifier) and not (model.multitask_ or model.multilabel_)
+    classifiers = (FineTunedClassifier, ServedClassifier)
+    return isinstance(model, classifiers) and not (model.multitask_ or model.multilabel_)
 
 
 def _proba_classes(model):

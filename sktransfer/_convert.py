@@ -126,7 +126,7 @@ def _served(estimator, quantize, calibration):
         **{name: copy.deepcopy(getattr(estimator, name, None)) for name in attributes},
     }
     vars(served).update(fitted)
-    served._session()  # a graph ONNX Runtime cannot load fails here, not in the service
+    served.session  # noqa: B018 (a graph ONNX Runtime cannot load fails here, not in the service)
     return served
 
 

@@ -84,7 +84,7 @@ class ServedEstimator(BaseEstimator):
         check_is_fitted(self)
         validate_params(self)
         source = as_images(X)
-        session = self._session()
+        session = self.session
         preprocess = Preprocess(**self.preprocessing_)
         out, start = None, 0
         batches = iter_batches(
@@ -100,9 +100,11 @@ class ServedEstimator(BaseEstimator):
                 bar.update(len(rows))
         return out
 
-    def _session(self):
-        """The ONNX Runtime session, made on first use (and again after
-        ``intra_op_num_threads`` changes)."""
+    @property
+    def session(self):
+        """The ``onnxruntime.InferenceSession`` that runs the graph: made on first use
+        (again after ``intra_op_num_threads`` changes), shared by every thread."""
+        check_is_fitted(self)
         threads = self._threads()
         made = self.__dict__.get("_made_session")
         if made is not None and made[0] == threads:
