@@ -98,10 +98,14 @@ class Preprocess:
         return crop_offset(resized[0], crop_w), crop_offset(resized[1], crop_h)
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        """The model's input for one RGB image: float32, ``(3, height, width)``."""
+        """The model's input for one RGB image (or greyscale, mode L, converted to RGB
+        once resized: the same pixels for a third of the work): float32, ``(3, height,
+        width)``."""
         resized = self.resized_size(image.size)
         if resized != image.size:
             image = image.resize(resized, _RESAMPLE[self.interpolation])
+        if image.mode != "RGB":
+            image = image.convert("RGB")
         left, top = self._offsets(resized)
         crop_h, crop_w = self.crop
         if (left, top) != (0, 0) or image.size != (crop_w, crop_h):

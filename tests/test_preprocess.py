@@ -51,3 +51,24 @@ def test_a_config_without_crop_settings_gets_timms_defaults():
     image = Image.fromarray(np.arange(50 * 40 * 3, dtype=np.uint8).reshape(40, 50, 3))
     expected = timm.data.create_transform(**cfg, is_training=False)(image).numpy()
     np.testing.assert_array_equal(Preprocess.of(cfg)(image), expected)
+
+
+@pytest.mark.parametrize("crop_mode", ["center", "squash", "border"])
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "lanczos"])
+def test_a_greyscale_image_resized_before_its_conversion_gives_the_same_pixels(
+    crop_mode, interpolation
+):
+    cfg = {
+        "input_size": (3, 48, 64),
+        "interpolation": interpolation,
+        "crop_pct": 0.9,
+        "crop_mode": crop_mode,
+        "mean": (0.3, 0.5, 0.7),
+        "std": (0.2, 0.3, 0.4),
+    }
+    timms = timm.data.create_transform(**cfg, is_training=False)
+    rng = np.random.default_rng(1)
+    for width, height in SIZES:
+        grey = Image.fromarray(rng.integers(0, 256, (height, width), dtype=np.uint8))
+        expected = timms(grey.convert("RGB")).numpy()
+        np.testing.assert_array_equal(Preprocess.of(cfg)(grey), expected)
