@@ -178,12 +178,15 @@ def quantized(graph, batches: list):
     input_name = graph.graph.input[0].name
 
     class Reader(CalibrationDataReader):
+        """One image at a time: the percentile calibrator stacks the outputs of its
+        runs, which must have one shape."""
+
         def __init__(self):
-            self.batches = iter(batches)
+            self.images = (image[None] for batch in batches for image in batch)
 
         def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {input_name: batch}
+            image = next(self.images, None)
+            return None if image is None else {input_name: image}
 
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
