@@ -8,14 +8,15 @@ stated preprocessing (``examples/_lite0.py``), at ``--size`` px, two models:
   fitted on the training cells;
 - **fine-tune**: ``FineTunedClassifier(freeze_depth=0.5, head_epochs=1, max_epochs=1)``.
 
-Each is served three ways: the torch estimator itself, its float32 serving form
-(``to_onnxruntime``) and its INT8 one (``quantize="int8"``, calibrated on
-``--n-calibration`` training cells). Measured for each, on the same held-out files,
-decoding and resizing included:
+Each is served five ways: the torch estimator itself, its float32 serving form
+(``to_onnxruntime``), its INT8 one (``quantize="int8"``, calibrated on
+``--n-calibration`` training cells), and, where OpenVINO is installed, the same two
+graphs run by OpenVINO (float32 arithmetic) with the same decoding threads. Measured
+for each, on the same held-out files, decoding and resizing included:
 
 - **images/s**: ``predict_proba`` of all the held-out files, ``--rounds`` interleaved
-  rounds, best of them (the torch estimator also with ``num_workers=1``: decoding in a
-  thread beside the network);
+  rounds after a warm-up, best of them (the torch estimator also with
+  ``num_workers=1``: decoding in a thread beside the network);
 - **latency**: ``predict_proba([path])`` of one file, ``--requests`` requests taking
   turns between the forms; median and 99th percentile;
 - **cold start**: a new Python process that loads the joblib file and predicts one file,
@@ -23,12 +24,15 @@ decoding and resizing included:
 - **ROC AUC** on the held-out cells, and the largest difference of float32's
   probabilities from torch's.
 
-Then the network alone, on a batch of 32 preprocessed tensors: torch eager, ONNX
-Runtime float32 and INT8, and OpenVINO (when installed) on the same two graphs, with
-the arithmetic each image costs (multiply-adds of the convolutions and the linear
-layers) and the share of the cores' peak it reaches. Last, the ImageNet check: the
-extractor with ``layer="logits"`` at 224 px, float32 and INT8, on the colour photos of
-scikit-image and scikit-learn: top-5 labels compared.
+Then the network alone, on a batch of 32 preprocessed tensors (torch eager, ONNX
+Runtime and OpenVINO), with the arithmetic each image costs (multiply-adds of the
+convolutions and linear layers) and the share of the cores' peak it reaches; one thread
+decoding and preprocessing alone, and from both the end-to-end bound of each runtime
+(each image costs its decoding on one core and its network on all) beside what the
+probe reaches. Then which operators of the INT8 graph run in INT8 and which in float.
+Last, the ImageNet check: the extractor with ``layer="logits"`` at 224 px, float32
+and INT8, on the colour photos of scikit-image and scikit-learn (each scored by a graph
+calibrated on crops of the other half and of other pictures): top-5 labels compared.
 
 Targets: float32 within 1e-4 of torch; INT8 ROC AUC within 0.005 of torch's; INT8
 top-5 on the photos unchanged; end to end, INT8 at least 2.5 x and float32 at least
@@ -64,6 +68,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from sktransfer import PretrainedFeatureExtractor, _backbone
+from sktransfer._convert import quantized
 from sktransfer._images import as_images, iter_batches
 from sktransfer._preprocess import Preprocess
 from sktransfer.serving import to_onnxruntime
@@ -284,12 +289,13 @@ def photos() -> dict[str, np.ndarray]:
     return found
 
 
-def imagenet_top5(n_calibration: int) -> list[tuple[str, list, list, float]]:
+def imagenet_top5(n_calibration: int, settings=None) -> list[tuple[str, list, list, float]]:
     """Top-5 ImageNet classes of each photo, float32 and INT8 (at 224 px), and the
     float32 logit of the 5th class less that of the 6th (how near a tie). The INT8
     graph that scores a photo never saw it: the photos are split in two halves, and
     each half is scored by a graph calibrated on crops of the other half and of
-    scikit-image's other colour pictures."""
+    scikit-image's other colour pictures. ``settings``: another INT8 recipe than
+    ``to_onnxruntime``'s (arguments of ``_convert.quantized``)."""
     from skimage import data
 
     extractor = PretrainedFeatureExtractor(
@@ -302,9 +308,7 @@ def imagenet_top5(n_calibration: int) -> list[tuple[str, list, list, float]]:
     rows = []
     for fold in (names[0::2], names[1::2]):
         seen = [scored[n] for n in names if n not in fold] + others
-        int8 = to_onnxruntime(
-            extractor, quantize="int8", calibration=_photo_crops(seen, n_calibration)
-        )
+        int8 = int8_form(extractor, _photo_crops(seen, n_calibration), settings)
         X = [scored[n] for n in fold]
         logits = float32.transform(X)
         order = [np.argsort(-z, axis=1) for z in (logits, int8.transform(X))]
@@ -312,6 +316,20 @@ def imagenet_top5(n_calibration: int) -> list[tuple[str, list, list, float]]:
             fifth, sixth = logits[i, order[0][i, 4]], logits[i, order[0][i, 5]]
             rows.append((n, order[0][i, :5].tolist(), order[1][i, :5].tolist(), fifth - sixth))
     return rows
+
+
+def int8_form(extractor, calibration, settings=None):
+    """``to_onnxruntime(extractor, quantize="int8", ...)``, or with ``settings`` the
+    float32 form whose graph is quantised with that recipe instead."""
+    if settings is None:
+        return to_onnxruntime(extractor, quantize="int8", calibration=calibration)
+    preprocess = Preprocess.of(extractor.data_config_)
+    source = as_images(calibration)
+    batches = [b for _, b in iter_batches(source, preprocess, 32, os.cpu_count())]
+    served = to_onnxruntime(extractor)
+    served.onnx_model_ = quantized(extractor._onnx_graph(), batches, **settings)
+    served.onnx_model_ = served.onnx_model_.SerializeToString()
+    return served
 
 
 def _photo_crops(images: list, n: int) -> list:
@@ -352,6 +370,17 @@ def float_ops(graph: bytes) -> dict[str, list[int]]:
     return counts
 
 
+def decode_rate(paths, preprocess: Preprocess, rounds: int) -> float:
+    """Images/s of one thread decoding and preprocessing ``paths`` as serving does."""
+    source = as_images(list(paths))
+
+    def run():
+        for i in range(len(source)):
+            preprocess(source.decoded(i))
+
+    return len(source) / min(seconds(run) for _ in range(rounds))
+
+
 def percentile(values, q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
@@ -384,10 +413,11 @@ def main(argv=None) -> int:
     print(f"fitted and converted ({time.perf_counter() - start:.0f} s)", flush=True)
     load_before = os.getloadavg()[0]
 
-    rows, checks = [], []
+    rows, checks, end_to_end = [], [], {}
     with tempfile.TemporaryDirectory() as folder:
         for name, forms in fitted.items():
             rates = throughput(forms, X_test, args.rounds)
+            end_to_end[name] = {form: len(X_test) / value for form, value in rates.items()}
             waits = latencies(forms, X_test, args.requests)
             probabilities = {form: m.predict_proba(X_test)[:, 1] for form, m in forms.items()}
             colds = {
@@ -466,12 +496,29 @@ def main(argv=None) -> int:
         f"({units}) at {ghz:.2f} GHz: {peak_fp32:.0f} G float32, {peak_int8:.0f} G int8 "
         "multiply-adds/s"
     )
-    print("\n| runtime | images/s | G multiply-adds/s | share of peak |")
-    print("|---|---|---|---|")
+    decoding = decode_rate(X_test[:200], preprocess, args.rounds)
+    print(
+        f"Decoding and preprocessing alone, one thread: {decoding:.0f} images/s. End to end "
+        f"on {args.threads} cores, a runtime can reach at most {args.threads} / (1 / "
+        "decoding + cores / network) images/s (each image's core-seconds: decoding on one "
+        "core, the network on all)."
+    )
+    print(
+        "\n| runtime | network images/s | G multiply-adds/s | share of peak "
+        "| end-to-end bound | probe end to end | share of bound |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    served_forms = {"ONNX Runtime float32": "float32", "ONNX Runtime int8": "int8"}
+    served_forms.update({f"OpenVINO {f}": f"OpenVINO {f}" for f in ("float32", "int8")})
     for key, rate in rates.items():
         achieved = rate * macs / 1e9
         peak = peak_int8 if "int8" in key else peak_fp32
-        print(f"| {key} | {rate:.0f} | {achieved:.1f} | {100 * achieved / peak:.0f} % |")
+        bound = args.threads / (1 / decoding + args.threads / rate)
+        actual = end_to_end["probe"].get(served_forms.get(key, "torch"))
+        print(
+            f"| {key} | {rate:.0f} | {achieved:.1f} | {100 * achieved / peak:.0f} % "
+            f"| {bound:.0f} | {actual:.0f} | {100 * actual / bound:.0f} % |"
+        )
 
     print("\n| operator (INT8 probe graph) | INT8 | float |")
     print("|---|---|---|")

@@ -150,21 +150,23 @@ def _calibration_batches(calibration, preprocessing: Preprocess, estimator) -> l
     return [batch.astype(np.float32) for _, batch in batches]
 
 
-# The INT8 recipe, measured on EfficientNet-Lite0 (benchmarks/serving.py; the README of
-# the benchmarks gives the figures of each setting tried): signed INT8 activations and
-# per-channel weights, ranges at the 99.999th percentile of the calibration activations
-# (not their extremes: MinMax lost 0.011 of ROC AUC), and the convolutions nearest the
-# input left in float (their activations lose the most to INT8; leaving a contiguous
-# run from the input also keeps ONNX Runtime from quantising their weights back).
-# reduce_range (7-bit weights, for CPUs without VNNI that saturate) cost 0.04 of AUC.
+# The INT8 recipe, measured on EfficientNet-Lite0 beside others by
+# benchmarks/int8_recipes.py (the serving page gives the table): signed INT8
+# activations, per-channel INT8 weights, ranges at the 99.999th percentile of the
+# calibration activations, and the convolutions nearest the input left in float: their
+# activations lose the most to INT8 (the features' cosine to float32's goes from 0.98
+# to 0.997 with six in float), and a contiguous run from the input keeps ONNX Runtime
+# from quantising their weights back at session time. reduce_range (7-bit weights, for
+# CPUs without VNNI whose 8-bit products saturate) cost 0.039 of ROC AUC there.
 FLOAT_CONVS = 6
 CALIBRATION_PERCENTILE = 99.999
 
 
-def quantized(graph, batches: list):
+def quantized(graph, batches: list, *, float_convs: int = FLOAT_CONVS, **settings):
     """``graph`` (an ``onnx.ModelProto``) statically quantised to INT8 by ONNX Runtime
-    (QDQ), calibrated on ``batches`` of preprocessed images; its first ``FLOAT_CONVS``
-    convolutions stay in float."""
+    (QDQ), calibrated on ``batches`` of preprocessed images; its first ``float_convs``
+    convolutions stay in float. ``settings`` replace arguments of ONNX Runtime's
+    ``quantize_static`` (``benchmarks/int8_recipes.py`` measures other recipes)."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -194,20 +196,19 @@ def quantized(graph, batches: list):
         quant_pre_process(folder / "float.onnx", folder / "prepared.onnx")
         prepared = onnx.load(folder / "prepared.onnx")
         convs = [node.name for node in prepared.graph.node if node.op_type == "Conv"]
+        recipe = {
+            "quant_format": QuantFormat.QDQ,
+            "per_channel": True,
+            "reduce_range": False,
+            "activation_type": QuantType.QInt8,
+            "weight_type": QuantType.QInt8,
+            "nodes_to_exclude": convs[:float_convs],
+            "calibrate_method": CalibrationMethod.Percentile,
+            "extra_options": {"CalibPercentile": CALIBRATION_PERCENTILE},
+            **settings,
+        }
         with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints its steps
-            quantize_static(
-                folder / "prepared.onnx",
-                folder / "int8.onnx",
-                Reader(),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                reduce_range=False,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=convs[:FLOAT_CONVS],
-                calibrate_method=CalibrationMethod.Percentile,
-                extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},
-            )
+            quantize_static(folder / "prepared.onnx", folder / "int8.onnx", Reader(), **recipe)
         model = onnx.load(folder / "int8.onnx")
     del model.metadata_props[:]
     model.metadata_props.extend(graph.metadata_props)

@@ -197,7 +197,28 @@ adaptation_weight : float, default=1.0
     (the other methods add no loss to training).""",
 }
 
-# The parameters every fine-tuner shares, in signature order.
+# The serving estimators' (sktransfer.serving): the same names, other meanings.
+SERVING_PARAMETERS = {
+    "batch_size": """\
+batch_size : int, default=32
+    Images per run of the network.""",
+    "num_workers": """\
+num_workers : int or None, default=None
+    Threads that decode and preprocess images, sharing each batch and running ahead of
+    the network by up to ``num_workers`` batches; None: one per core; 0: decoding and
+    the network take turns in the calling thread.""",
+    "intra_op_num_threads": """\
+intra_op_num_threads : int or None, default=None
+    ONNX Runtime's threads per run of the network; None: what ``OMP_NUM_THREADS``
+    says, else one per core (ONNX Runtime's choice).""",
+    "verbose": """\
+verbose : bool or int, default=False
+    A progress bar over the images.""",
+}
+PARAMETERS.update({f"serving:{name}": text for name, text in SERVING_PARAMETERS.items()})
+
+# The parameters every fine-tuner shares, in signature order; those of every serving
+# estimator.
 GROUPS = {
     "fine-tuning": (
         "model",
@@ -231,6 +252,7 @@ GROUPS = {
         "domain_adaptation",
         "adaptation_weight",
     ),
+    "serving": tuple(f"serving:{name}" for name in SERVING_PARAMETERS),
 }
 
 

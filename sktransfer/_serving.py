@@ -32,6 +32,7 @@ from sklearn.base import (
 from sklearn.utils.validation import check_is_fitted
 
 from ._class_outputs import LabelsFromProbabilities, per_task
+from ._docs import compose
 from ._images import as_images, iter_batches
 from ._params import Interval, validate_params
 from ._preprocess import Preprocess
@@ -106,17 +107,17 @@ class ServedEstimator(BaseEstimator):
     @property
     def session(self):
         """The ``onnxruntime.InferenceSession`` that runs the graph: made on first use
-        (again after ``intra_op_num_threads`` changes), shared by every thread."""
+        (again after ``intra_op_num_threads`` or ``onnx_model_`` changes), shared by
+        every thread."""
         check_is_fitted(self)
-        threads = self._threads()
+        key = (self._threads(), self.onnx_model_)
         made = self.__dict__.get("_made_session")
-        if made is not None and made[0] == threads:
-            return made[1]
-        with _SESSION_LOCK:
-            made = self.__dict__.get("_made_session")
-            if made is None or made[0] != threads:
-                made = (threads, _inference_session(self.onnx_model_, threads))
-                self._made_session = made
+        if made is None or not _same(made[0], key):
+            with _SESSION_LOCK:
+                made = self.__dict__.get("_made_session")
+                if made is None or not _same(made[0], key):
+                    made = (key, _inference_session(self.onnx_model_, key[0]))
+                    self._made_session = made
         return made[1]
 
     def _threads(self) -> int:
@@ -146,6 +147,12 @@ class ServedEstimator(BaseEstimator):
         return tags
 
 
+def _same(made: tuple, key: tuple) -> bool:
+    """Whether a session made for ``made`` (threads, graph) serves ``key``: the same
+    number of threads and the very same graph object."""
+    return made[0] == key[0] and made[1] is key[1]
+
+
 def _float32_batch(images: list) -> np.ndarray:
     return np.stack(images).astype(np.float32, copy=False)
 
@@ -165,6 +172,7 @@ def _inference_session(graph: bytes, threads: int):
     )
 
 
+@compose
 class ServedFeatureExtractor(TransformerMixin, ServedEstimator):
     """A fitted ``PretrainedFeatureExtractor`` served by ONNX Runtime, without torch.
 
@@ -175,17 +183,7 @@ class ServedFeatureExtractor(TransformerMixin, ServedEstimator):
 
     Parameters
     ----------
-    batch_size : int, default=32
-        Images per run of the network.
-    num_workers : int or None, default=None
-        Threads that decode and preprocess images, sharing each batch and working on
-        the next ones while the network runs; None: one per core; 0: decoding and the
-        network in turn, in the calling thread.
-    intra_op_num_threads : int or None, default=None
-        ONNX Runtime's threads per run; None reads ``OMP_NUM_THREADS`` (else one per
-        core).
-    verbose : bool, default=False
-        A progress bar over the images.
+    {{serving}}
 
     Attributes
     ----------
@@ -242,6 +240,7 @@ class _DoesNotTrain:
         )
 
 
+@compose
 class ServedClassifier(LabelsFromProbabilities, ClassifierMixin, _DoesNotTrain, ServedEstimator):
     """A fitted ``FineTunedClassifier`` served by ONNX Runtime, without torch.
 
@@ -249,8 +248,20 @@ class ServedClassifier(LabelsFromProbabilities, ClassifierMixin, _DoesNotTrain, 
     ``predict`` and ``score`` give what the classifier's give (probabilities within
     1e-4 in float32), with its ``classes_``, ``multilabel_``, ``multitask_`` and
     ``task_names_``. The test-time augmentation (``tta``) is the one the classifier had
-    when it was converted. Parameters as
-    [`ServedFeatureExtractor`][sktransfer.serving.ServedFeatureExtractor].
+    when it was converted.
+
+    Parameters
+    ----------
+    {{serving}}
+
+    Attributes
+    ----------
+    onnx_model_ : bytes
+        The ONNX graph: preprocessed images in, probabilities out.
+    preprocessing_ : dict
+    classes_, multilabel_, multitask_, task_names_ :
+        Those of the classifier it was made from.
+    quantization_ : str or None
     """
 
     def predict_proba(self, X):
@@ -265,13 +276,26 @@ class ServedClassifier(LabelsFromProbabilities, ClassifierMixin, _DoesNotTrain, 
         return tags
 
 
+@compose
 class ServedRegressor(RegressorMixin, _DoesNotTrain, ServedEstimator):
     """A fitted ``FineTunedRegressor`` served by ONNX Runtime, without torch.
 
     Made by [`to_onnxruntime`][sktransfer.serving.to_onnxruntime]: ``predict`` gives what
     the regressor's gives, in the units of ``y`` (within 1e-4 in float32; 1-D when
-    ``y`` was). Parameters as
-    [`ServedFeatureExtractor`][sktransfer.serving.ServedFeatureExtractor].
+    ``y`` was).
+
+    Parameters
+    ----------
+    {{serving}}
+
+    Attributes
+    ----------
+    onnx_model_ : bytes
+        The ONNX graph: preprocessed images in, predictions (in the units of ``y``) out.
+    preprocessing_ : dict
+    n_outputs_, multioutput_ :
+        Those of the regressor it was made from.
+    quantization_ : str or None
     """
 
     def predict(self, X):

@@ -10,7 +10,8 @@ import re
 import pytest
 
 import sktransfer
-from sktransfer._docs import GROUPS, PARAMETERS
+import sktransfer.serving
+from sktransfer._docs import GROUPS, PARAMETERS, SERVING_PARAMETERS
 
 ESTIMATORS = [
     sktransfer.PretrainedFeatureExtractor,
@@ -48,13 +49,20 @@ def signature(cls) -> list[str]:
     return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
 
 
-@pytest.mark.parametrize("cls", ESTIMATORS, ids=lambda c: c.__name__)
+SERVED = [
+    sktransfer.serving.ServedFeatureExtractor,
+    sktransfer.serving.ServedClassifier,
+    sktransfer.serving.ServedRegressor,
+]
+
+
+@pytest.mark.parametrize("cls", ESTIMATORS + SERVED, ids=lambda c: c.__name__)
 def test_signature_constraints_and_documentation_agree_in_order(cls):
     assert list(cls._param_constraints) == signature(cls)
     assert list(documented(cls)) == signature(cls)
 
 
-@pytest.mark.parametrize("cls", ESTIMATORS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", ESTIMATORS + SERVED, ids=lambda c: c.__name__)
 def test_no_placeholder_is_left(cls):
     assert "{{" not in cls.__doc__ and "}}" not in cls.__doc__
 
@@ -76,6 +84,14 @@ def test_a_parameter_reads_the_same_in_every_estimator():
             assert len(fine_tuners) == 1 and paragraphs - fine_tuners, name
             continue
         assert len(paragraphs) == 1, f"{name!r} is documented differently: {paragraphs}"
+
+
+def test_the_serving_estimators_share_their_parameters_word_for_word():
+    for cls in SERVED:
+        doc = documented(cls)
+        assert list(doc) == list(SERVING_PARAMETERS), cls.__name__
+        for name, text in SERVING_PARAMETERS.items():
+            assert doc[name] == text, (cls.__name__, name)
 
 
 def test_no_fit_is_overridden_only_to_document_it():
