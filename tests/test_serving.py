@@ -109,6 +109,12 @@ class TestSameOutputs:
         )
         assert served.n_features_out_ == extractor.n_features_out_
 
+    @pytest.mark.parametrize("model", ["test_vit", "test_resnet"])
+    @pytest.mark.parametrize("layer", [None, "logits"])
+    def test_other_architectures(self, model, layer, colours):
+        extractor = tiny_extractor(model=model, layer=layer, image_size=64).fit()
+        assert_close(to_onnxruntime(extractor), extractor, colours[0])
+
     def test_extractor_of_intermediate_blocks(self, colours):
         extractor = tiny_extractor(layer=[1, -1], pooling="max").fit()
         served = to_onnxruntime(extractor)
