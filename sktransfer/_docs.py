@@ -216,6 +216,20 @@ verbose : bool or int, default=False
     A progress bar over the images.""",
 }
 PARAMETERS.update({f"serving:{name}": text for name, text in SERVING_PARAMETERS.items()})
+# ...and the fitted attributes they all have (documented after their own).
+PARAMETERS.update(
+    {
+        "served:onnx_model_": """\
+onnx_model_ : bytes
+    The ONNX graph: preprocessed images in, what the estimator returns out.""",
+        "served:preprocessing_": """\
+preprocessing_ : dict
+    Input size, interpolation, crop and normalisation, as plain values.""",
+        "served:quantization_": """\
+quantization_ : str or None
+    ``"int8"`` for a statically quantised graph, else None.""",
+    }
+)
 
 # The parameters every fine-tuner shares, in signature order; those of every serving
 # estimator.
@@ -253,6 +267,7 @@ GROUPS = {
         "adaptation_weight",
     ),
     "serving": tuple(f"serving:{name}" for name in SERVING_PARAMETERS),
+    "served-attributes": ("served:onnx_model_", "served:preprocessing_", "served:quantization_"),
 }
 
 

@@ -187,15 +187,10 @@ class ServedFeatureExtractor(TransformerMixin, ServedEstimator):
 
     Attributes
     ----------
-    onnx_model_ : bytes
-        The ONNX graph: preprocessed images in, features out.
-    preprocessing_ : dict
-        Input size, interpolation, crop and normalisation (``Preprocess``' fields).
     n_features_out_ : int
     layer_, pooling_ :
         Those of the extractor it was made from.
-    quantization_ : str or None
-        ``"int8"`` for a statically quantised graph.
+    {{served-attributes}}
     """
 
     def fit(self, X=None, y=None):
@@ -256,12 +251,9 @@ class ServedClassifier(LabelsFromProbabilities, ClassifierMixin, _DoesNotTrain, 
 
     Attributes
     ----------
-    onnx_model_ : bytes
-        The ONNX graph: preprocessed images in, probabilities out.
-    preprocessing_ : dict
     classes_, multilabel_, multitask_, task_names_ :
         Those of the classifier it was made from.
-    quantization_ : str or None
+    {{served-attributes}}
     """
 
     def predict_proba(self, X):
@@ -290,12 +282,9 @@ class ServedRegressor(RegressorMixin, _DoesNotTrain, ServedEstimator):
 
     Attributes
     ----------
-    onnx_model_ : bytes
-        The ONNX graph: preprocessed images in, predictions (in the units of ``y``) out.
-    preprocessing_ : dict
     n_outputs_, multioutput_ :
         Those of the regressor it was made from.
-    quantization_ : str or None
+    {{served-attributes}}
     """
 
     def predict(self, X):

@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import torch
@@ -320,3 +321,23 @@ def predict_in_fresh_process(tmp_path, X, paths) -> list[np.ndarray]:
     )
     assert done.returncode == 0, f"loading in a fresh process failed:\n{done.stderr}"
     return [np.load(f"{p}.proba.npy") for p in paths]
+
+
+def assert_eight_threads_predict_the_sequential_results(predict) -> None:
+    """``predict`` (images -> array) called from 8 threads at once, twice over, on 16
+    small batches, gives exactly what it gives called one batch after another."""
+    batches = [colour_images(np.arange(i % 3 + 2) % 3, seed=i) for i in range(16)]
+    sequential = [predict(b) for b in batches]
+    results = [None] * len(batches)
+
+    def work(i):
+        results[i] = predict(batches[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batches))]
+    for group in (threads[:8], threads[8:]):
+        for t in group:
+            t.start()
+        for t in group:
+            t.join()
+    for got, want in zip(results, sequential, strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -23,6 +23,7 @@ from sktransfer import PretrainedFeatureExtractor
 from sktransfer.datasets import load_elpv
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+ANIMALS = np.array(["cat", "dog", "owl"])
 TINY_MODEL = "test_efficientnet"
 TINY_SIZE = 32
 
@@ -133,6 +134,25 @@ def tiny_checkpoint(tmp_path_factory):
 def fitted(tiny_checkpoint):
     """A fitted tiny extractor shared by read-only tests (do not mutate it)."""
     return tiny_extractor(weights=tiny_checkpoint).fit()
+
+
+@pytest.fixture(scope="session")
+def animal_colours():
+    """18 noisy images whose colour says their animal (6 of each of ``ANIMALS``), and
+    their labels: learnable in an epoch by a head on random features."""
+    from _finetune_fixtures import colour_images  # it imports this module
+
+    y = np.repeat([0, 1, 2], 6)
+    return colour_images(y), ANIMALS[y]
+
+
+@pytest.fixture(scope="session")
+def hflip_classifier(animal_colours):
+    """A tiny fine-tuned classifier of ``animal_colours`` with flips at test time (read
+    it, never change it: tests share it)."""
+    from _finetune_fixtures import tiny
+
+    return tiny(freeze_depth=2, tta="hflip").fit(*animal_colours)
 
 
 @pytest.fixture(scope="session")

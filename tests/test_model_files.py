@@ -17,8 +17,12 @@ import joblib
 import numpy as np
 import pytest
 import torch
-from _finetune_fixtures import colour_images, predict_in_fresh_process, tiny
-from conftest import make_images, tiny_extractor
+from _finetune_fixtures import (
+    assert_eight_threads_predict_the_sequential_results,
+    predict_in_fresh_process,
+    tiny,
+)
+from conftest import ANIMALS, make_images, tiny_extractor
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
@@ -36,14 +40,6 @@ skops_io = pytest.importorskip("skops.io")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-ANIMALS = np.array(["cat", "dog", "owl"])
-
-
-@pytest.fixture(scope="module")
-def colours():
-    y = np.repeat([0, 1, 2], 6)
-    return colour_images(y), ANIMALS[y]
-
 
 @pytest.fixture(scope="module")
 def pipe(tiny_checkpoint):
@@ -54,21 +50,16 @@ def pipe(tiny_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def classifier(colours):
-    return tiny(freeze_depth=2, tta="hflip").fit(*colours)
-
-
-@pytest.fixture(scope="module")
-def regressor(colours):
-    X, y = colours
+def regressor(animal_colours):
+    X, y = animal_colours
     targets = np.column_stack([np.searchsorted(ANIMALS, y) * 10.0, np.arange(len(y))])
     return tiny(FineTunedRegressor).fit(X, targets)
 
 
 @pytest.fixture(scope="module")
-def best_estimator(colours):
+def best_estimator(animal_colours):
     search = GridSearchCV(tiny(head_epochs=0), {"lr": [1e-3, 1e-2]}, cv=2, error_score="raise")
-    return search.fit(*colours).best_estimator_
+    return search.fit(*animal_colours).best_estimator_
 
 
 def outputs(model, X):
@@ -114,7 +105,7 @@ def pickled_globals(data: bytes) -> set[str]:
 
 
 class TestStateAsData:
-    @pytest.mark.parametrize("name", ["pipe", "classifier", "regressor", "best_estimator"])
+    @pytest.mark.parametrize("name", ["pipe", "hflip_classifier", "regressor", "best_estimator"])
     def test_pickle_references_no_timm_torch_or_skorch_class(self, name, request):
         model = request.getfixturevalue(name)
         model = model[0] if isinstance(model, tuple) else model
@@ -129,51 +120,53 @@ class TestStateAsData:
         assert "torch.nn.modules.linear.Linear" in pickled_globals(module)
         assert "torch.nn.modules.linear.Linear" in pickled_globals(pickle.dumps({"m": module}))
 
-    def test_versions_are_stored(self, classifier):
+    def test_versions_are_stored(self, hflip_classifier):
         import timm
 
         import sktransfer
 
-        state = classifier.__getstate__()
+        state = hflip_classifier.__getstate__()
         assert state["_sktransfer_versions"] == {
             "sktransfer": sktransfer.__version__,
             "timm": timm.__version__,
             "torch": str(torch.__version__),
         }
-        assert "_sktransfer_versions" not in vars(pickle.loads(pickle.dumps(classifier)))
+        assert "_sktransfer_versions" not in vars(pickle.loads(pickle.dumps(hflip_classifier)))
 
     @pytest.mark.parametrize("package", ["sktransfer", "timm", "torch"])
-    def test_other_versions_warn_and_still_load(self, classifier, colours, package):
-        state = classifier.__getstate__()
+    def test_other_versions_warn_and_still_load(self, hflip_classifier, animal_colours, package):
+        state = hflip_classifier.__getstate__()
         state["_sktransfer_versions"][package] = "0.0.1"
         loaded = FineTunedClassifier.__new__(FineTunedClassifier)
         with pytest.warns(InconsistentVersionWarning, match=f"saved with {package} 0.0.1") as rec:
             loaded.__setstate__(state)
         assert rec[0].message.original_version == "0.0.1"
         assert rec[0].message.estimator_name == "FineTunedClassifier"
-        np.testing.assert_array_equal(loaded.predict(colours[0]), classifier.predict(colours[0]))
+        np.testing.assert_array_equal(
+            loaded.predict(animal_colours[0]), hflip_classifier.predict(animal_colours[0])
+        )
 
-    def test_same_versions_do_not_warn(self, classifier):
+    def test_same_versions_do_not_warn(self, hflip_classifier):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            pickle.loads(pickle.dumps(classifier))
+            pickle.loads(pickle.dumps(hflip_classifier))
 
-    def test_files_of_the_earlier_format_are_refused_clearly(self, classifier):
+    def test_files_of_the_earlier_format_are_refused_clearly(self, hflip_classifier):
         """Fitted state without recorded versions is the format before data-only
         files (torch objects inside): it used to fail later, with an AttributeError."""
-        state = classifier.__getstate__()
+        state = hflip_classifier.__getstate__()
         del state["_sktransfer_versions"]
         with pytest.raises(ValueError, match="saved by an earlier sktransfer.*Refit it"):
             FineTunedClassifier.__new__(FineTunedClassifier).__setstate__(state)
 
-    def test_an_architecture_this_timm_lacks_is_named(self, classifier):
-        state = classifier.__getstate__()
+    def test_an_architecture_this_timm_lacks_is_named(self, hflip_classifier):
+        state = hflip_classifier.__getstate__()
         state["backbone_"]["architecture"]["name"] = "efficientnet_renamed_in_timm_9"
         with pytest.raises(ValueError, match="'efficientnet_renamed_in_timm_9', which timm"):
             FineTunedClassifier.__new__(FineTunedClassifier).__setstate__(state)
 
-    def test_weights_that_no_longer_fit_are_named(self, classifier):
-        state = classifier.__getstate__()
+    def test_weights_that_no_longer_fit_are_named(self, hflip_classifier):
+        state = hflip_classifier.__getstate__()
         tensors = state["backbone_"]["tensors"]
         tensors.pop(next(iter(tensors)))
         with pytest.raises(ValueError, match="saved weights do not fit timm"):
@@ -202,17 +195,19 @@ class TestSkops:
         np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
         np.testing.assert_array_equal(loaded[0].transform(X), model[0].transform(X))
 
-    @pytest.mark.parametrize("name", ["classifier", "regressor", "best_estimator"])
-    def test_fine_tuners(self, name, request, colours):
+    @pytest.mark.parametrize("name", ["hflip_classifier", "regressor", "best_estimator"])
+    def test_fine_tuners(self, name, request, animal_colours):
         model = request.getfixturevalue(name)
         loaded, untrusted = skops_round_trip(model)
         assert untrusted == [f"sktransfer.{_module(model)}.{type(model).__name__}"]
-        np.testing.assert_array_equal(outputs(loaded, colours[0]), outputs(model, colours[0]))
+        np.testing.assert_array_equal(
+            outputs(loaded, animal_colours[0]), outputs(model, animal_colours[0])
+        )
         assert loaded.history_ == model.history_
 
-    def test_a_tampered_file_runs_no_code(self, classifier, tmp_path):
+    def test_a_tampered_file_runs_no_code(self, hflip_classifier, tmp_path):
         path = tmp_path / "clf.skops"
-        skops_io.dump(classifier, path)
+        skops_io.dump(hflip_classifier, path)
         tampered = tmp_path / "tampered.skops"
         with zipfile.ZipFile(path) as src, zipfile.ZipFile(tampered, "w") as dst:
             for item in src.infolist():
@@ -227,13 +222,15 @@ class TestSkops:
         with pytest.raises(Exception, match="Untrusted types found"):
             skops_io.load(tampered, trusted=trusted)
 
-    def test_skops_files_load_in_a_fresh_process(self, classifier, pipe, tmp_path, colours):
-        X = colours[0]
+    def test_skops_files_load_in_a_fresh_process(
+        self, hflip_classifier, pipe, tmp_path, animal_colours
+    ):
+        X = animal_colours[0]
         files = [tmp_path / "clf.skops", tmp_path / "pipe.skops"]
-        skops_io.dump(classifier, files[0])
+        skops_io.dump(hflip_classifier, files[0])
         skops_io.dump(pipe[0], files[1])
         got = predict_in_fresh_process(tmp_path, X, files)
-        np.testing.assert_array_equal(got[0], classifier.predict_proba(X))
+        np.testing.assert_array_equal(got[0], hflip_classifier.predict_proba(X))
         np.testing.assert_array_equal(got[1], pipe[0].predict_proba(X))
 
 
@@ -294,14 +291,14 @@ class TestOnnx:
         assert meta["layer"] == [1, 2] and meta["pooling"] == "max"
         assert_close_to(got, extractor.transform(images))
 
-    def test_classifier_with_tta(self, classifier, colours, tmp_path):
-        images = [Image.fromarray(x) for x in colours[0]]
-        got, meta = run_onnx(classifier.export_onnx(tmp_path / "clf.onnx"), images)
+    def test_classifier_with_tta(self, hflip_classifier, animal_colours, tmp_path):
+        images = [Image.fromarray(x) for x in animal_colours[0]]
+        got, meta = run_onnx(hflip_classifier.export_onnx(tmp_path / "clf.onnx"), images)
         assert meta["output"] == "probabilities" and meta["classes"] == [ANIMALS.tolist()]
-        assert_close_to(got, classifier.predict_proba(images))
+        assert_close_to(got, hflip_classifier.predict_proba(images))
 
-    def test_multi_task_classifier_blocks_side_by_side(self, colours, tmp_path):
-        X, y = colours
+    def test_multi_task_classifier_blocks_side_by_side(self, animal_colours, tmp_path):
+        X, y = animal_colours
         y = np.column_stack([y, np.where(y == "owl", "bird", "mammal")])
         clf = tiny().fit(X, y)
         images = [Image.fromarray(x) for x in X]
@@ -309,8 +306,8 @@ class TestOnnx:
         assert meta["classes"] == [ANIMALS.tolist(), ["bird", "mammal"]]
         assert_close_to(got, np.hstack(clf.predict_proba(images)))
 
-    def test_regressor_in_units_of_y(self, regressor, colours, tmp_path):
-        images = [Image.fromarray(x) for x in colours[0]]
+    def test_regressor_in_units_of_y(self, regressor, animal_colours, tmp_path):
+        images = [Image.fromarray(x) for x in animal_colours[0]]
         got, meta = run_onnx(regressor.export_onnx(tmp_path / "reg.onnx"), images)
         assert meta["output"] == "predictions" and got.shape == (len(images), 2)
         assert_close_to(got, regressor.predict(images))
@@ -348,9 +345,9 @@ class TestRefit:
         assert extractor.transform(images).shape[1] == len(names)
         np.testing.assert_array_equal(extractor.get_feature_names_out(), names)
 
-    def test_predict_during_a_refit_sees_the_old_model(self, colours):
+    def test_predict_during_a_refit_sees_the_old_model(self, animal_colours):
         """A thread predicting while another refits never finds a half-built model."""
-        X, y = colours
+        X, y = animal_colours
         clf = tiny().fit(X, y)
         expected = clf.predict_proba(X)
         started, release = threading.Event(), threading.Event()
@@ -372,33 +369,19 @@ class TestRefit:
 
 
 class TestThreads:
-    @pytest.mark.parametrize("name", ["classifier", "pipe"])
+    @pytest.mark.parametrize("name", ["hflip_classifier", "pipe"])
     def test_eight_threads_predict_exactly_the_sequential_results(self, name, request):
         model = request.getfixturevalue(name)
         model = pickle.loads(pickle.dumps(model[0] if isinstance(model, tuple) else model))
-        batches = [colour_images(np.arange(i % 3 + 2) % 3, seed=i) for i in range(16)]
-        sequential = [outputs(model, b) for b in batches]
-        results = [None] * len(batches)
-
-        def work(i):
-            results[i] = outputs(model, batches[i])
-
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batches))]
-        for group in (threads[:8], threads[8:]):
-            for t in group:
-                t.start()
-            for t in group:
-                t.join()
-        for got, want in zip(results, sequential, strict=True):
-            np.testing.assert_array_equal(got, want)
+        assert_eight_threads_predict_the_sequential_results(lambda X: outputs(model, X))
 
 
-def test_joblib_round_trip_of_a_regressor(regressor, colours):
+def test_joblib_round_trip_of_a_regressor(regressor, animal_colours):
     buffer = io.BytesIO()
     joblib.dump(regressor, buffer)
     buffer.seek(0)
     np.testing.assert_array_equal(
-        joblib.load(buffer).predict(colours[0]), regressor.predict(colours[0])
+        joblib.load(buffer).predict(animal_colours[0]), regressor.predict(animal_colours[0])
     )
 
 

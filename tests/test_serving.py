@@ -8,7 +8,6 @@ import io
 import pickle
 import subprocess
 import sys
-import threading
 import warnings
 
 import joblib
@@ -16,7 +15,11 @@ import numpy as np
 import pytest
 import torch
 from _cli_fixtures import read_csv
-from _finetune_fixtures import colour_images, tiny
+from _finetune_fixtures import (
+    assert_eight_threads_predict_the_sequential_results,
+    colour_images,
+    tiny,
+)
 from conftest import REPO_ROOT, make_images, save_images, tiny_extractor
 from PIL import Image
 from sklearn.base import clone
@@ -45,31 +48,19 @@ pytest.importorskip("onnxruntime")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-ANIMALS = np.array(["cat", "dog", "owl"])
 TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
-def colours():
-    y = np.repeat([0, 1, 2], 6)
-    return colour_images(y), ANIMALS[y]
-
-
-@pytest.fixture(scope="module")
-def probe(colours):
-    X, y = colours
+def probe(animal_colours):
+    X, y = animal_colours
     pipe = make_pipeline(tiny_extractor(), StandardScaler(), LogisticRegression(max_iter=500))
     return pipe.fit(X, y)
 
 
 @pytest.fixture(scope="module")
-def classifier(colours):
-    return tiny(freeze_depth=2, tta="hflip").fit(*colours)
-
-
-@pytest.fixture(scope="module")
-def regressor(colours):
-    X, _ = colours
+def regressor(animal_colours):
+    X, _ = animal_colours
     y = np.column_stack([np.arange(len(X)) * 10.0, np.arange(len(X)) % 3 - 5.0])
     return tiny(FineTunedRegressor).fit(X, y)
 
@@ -99,11 +90,11 @@ def assert_close(served, torch_model, X):
 
 
 class TestSameOutputs:
-    def test_extractor_features_and_names(self, colours):
+    def test_extractor_features_and_names(self, animal_colours):
         extractor = tiny_extractor().fit()
         served = to_onnxruntime(extractor)
         assert isinstance(served, ServedFeatureExtractor)
-        assert_close(served, extractor, colours[0])
+        assert_close(served, extractor, animal_colours[0])
         np.testing.assert_array_equal(
             served.get_feature_names_out(), extractor.get_feature_names_out()
         )
@@ -111,34 +102,38 @@ class TestSameOutputs:
 
     @pytest.mark.parametrize("model", ["test_vit", "test_resnet"])
     @pytest.mark.parametrize("layer", [None, "logits"])
-    def test_other_architectures(self, model, layer, colours):
+    def test_other_architectures(self, model, layer, animal_colours):
         extractor = tiny_extractor(model=model, layer=layer, image_size=64).fit()
-        assert_close(to_onnxruntime(extractor), extractor, colours[0])
+        assert_close(to_onnxruntime(extractor), extractor, animal_colours[0])
 
-    def test_extractor_of_intermediate_blocks(self, colours):
+    def test_extractor_of_intermediate_blocks(self, animal_colours):
         extractor = tiny_extractor(layer=[1, -1], pooling="max").fit()
         served = to_onnxruntime(extractor)
-        assert_close(served, extractor, colours[0])
+        assert_close(served, extractor, animal_colours[0])
         assert (served.layer_, served.pooling_) == ([1, -1], "max")
 
-    def test_pipeline_keeps_its_scikit_learn_steps(self, probe, served_probe, colours):
+    def test_pipeline_keeps_its_scikit_learn_steps(self, probe, served_probe, animal_colours):
         assert isinstance(served_probe[0], ServedFeatureExtractor)
         assert [name for name, _ in served_probe.steps] == [name for name, _ in probe.steps]
         assert served_probe[1] is not probe[1]  # copied: the original pipeline is untouched
-        assert_close(served_probe, probe, colours[0])
-        np.testing.assert_array_equal(served_probe.predict(colours[0]), probe.predict(colours[0]))
+        assert_close(served_probe, probe, animal_colours[0])
+        np.testing.assert_array_equal(
+            served_probe.predict(animal_colours[0]), probe.predict(animal_colours[0])
+        )
         np.testing.assert_array_equal(served_probe.classes_, probe.classes_)
 
-    def test_classifier_with_its_tta(self, classifier, colours):
-        served = to_onnxruntime(classifier)
+    def test_classifier_with_its_tta(self, hflip_classifier, animal_colours):
+        served = to_onnxruntime(hflip_classifier)
         assert isinstance(served, ServedClassifier)
-        assert_close(served, classifier, colours[0])
-        np.testing.assert_array_equal(served.predict(colours[0]), classifier.predict(colours[0]))
-        np.testing.assert_array_equal(served.classes_, classifier.classes_)
-        assert served.score(*colours) == classifier.score(*colours)
+        assert_close(served, hflip_classifier, animal_colours[0])
+        np.testing.assert_array_equal(
+            served.predict(animal_colours[0]), hflip_classifier.predict(animal_colours[0])
+        )
+        np.testing.assert_array_equal(served.classes_, hflip_classifier.classes_)
+        assert served.score(*animal_colours) == hflip_classifier.score(*animal_colours)
 
-    def test_multi_task_classifier(self, colours):
-        X, y = colours
+    def test_multi_task_classifier(self, animal_colours):
+        X, y = animal_colours
         Y = np.column_stack([y, np.arange(len(y)) % 2])
         classifier = tiny().fit(X, Y)
         served = to_onnxruntime(classifier)
@@ -146,22 +141,22 @@ class TestSameOutputs:
         assert_close(served, classifier, X)
         np.testing.assert_array_equal(served.predict(X), classifier.predict(X))
 
-    def test_multilabel_classifier(self, colours):
-        X, _ = colours
+    def test_multilabel_classifier(self, animal_colours):
+        X, _ = animal_colours
         Y = np.column_stack([np.arange(len(X)) % 2, np.arange(len(X)) % 3 == 0]).astype(int)
         classifier = tiny().fit(X, Y)
         served = to_onnxruntime(classifier)
         assert_close(served, classifier, X)
         np.testing.assert_array_equal(served.predict(X), classifier.predict(X))
 
-    def test_regressor_in_units_of_y(self, regressor, colours):
+    def test_regressor_in_units_of_y(self, regressor, animal_colours):
         served = to_onnxruntime(regressor)
         assert isinstance(served, ServedRegressor)
-        assert_close(served, regressor, colours[0])
-        assert served.predict(colours[0]).shape == (len(colours[0]), 2)
+        assert_close(served, regressor, animal_colours[0])
+        assert served.predict(animal_colours[0]).shape == (len(animal_colours[0]), 2)
 
-    def test_a_fitted_search_serves_its_best_estimator(self, colours):
-        X, y = colours
+    def test_a_fitted_search_serves_its_best_estimator(self, animal_colours):
+        X, y = animal_colours
         search = GridSearchCV(
             make_pipeline(tiny_extractor(), LogisticRegression(max_iter=500)),
             {"logisticregression__C": [0.1, 1.0]},
@@ -228,16 +223,18 @@ class TestInputs:
 
 
 class TestFiles:
-    def test_pickle_and_joblib_store_the_graph_as_bytes(self, served_probe, colours, tmp_path):
+    def test_pickle_and_joblib_store_the_graph_as_bytes(
+        self, served_probe, animal_colours, tmp_path
+    ):
         extractor = served_probe[0]
         assert isinstance(extractor.onnx_model_, bytes)
-        want = served_probe.predict_proba(colours[0])
+        want = served_probe.predict_proba(animal_colours[0])
         joblib.dump(served_probe, tmp_path / "probe.joblib")
         for loaded in (
             pickle.loads(pickle.dumps(served_probe)),
             joblib.load(tmp_path / "probe.joblib"),
         ):
-            np.testing.assert_array_equal(loaded.predict_proba(colours[0]), want)
+            np.testing.assert_array_equal(loaded.predict_proba(animal_colours[0]), want)
 
     def test_versions_are_recorded_and_others_warn(self, served_probe):
         state = served_probe[0].__getstate__()
@@ -253,22 +250,24 @@ class TestFiles:
             warnings.simplefilter("error")
             pickle.loads(pickle.dumps(served_probe))
 
-    def test_skops_lists_only_sktransfer_types(self, served_probe, classifier, colours, tmp_path):
-        for name, model in (("probe", served_probe), ("clf", to_onnxruntime(classifier))):
+    def test_skops_lists_only_sktransfer_types(
+        self, served_probe, hflip_classifier, animal_colours, tmp_path
+    ):
+        for name, model in (("probe", served_probe), ("clf", to_onnxruntime(hflip_classifier))):
             path = tmp_path / f"{name}.skops"
             skops_io.dump(model, path)
             untrusted = skops_io.get_untrusted_types(file=path)
             assert all(t.startswith("sktransfer.") for t in untrusted), untrusted
             loaded = skops_io.load(path, trusted=untrusted)
             np.testing.assert_array_equal(
-                loaded.predict_proba(colours[0]), model.predict_proba(colours[0])
+                loaded.predict_proba(animal_colours[0]), model.predict_proba(animal_colours[0])
             )
 
     def test_a_process_where_torch_cannot_be_imported_loads_and_predicts(
-        self, served_probe, colours, tmp_path
+        self, served_probe, animal_colours, tmp_path
     ):
         joblib.dump(served_probe, tmp_path / "probe.joblib")
-        np.save(tmp_path / "X.npy", colours[0])
+        np.save(tmp_path / "X.npy", animal_colours[0])
         code = (
             "import importlib.abc, sys\n"
             "class NoTorch(importlib.abc.MetaPathFinder):\n"
@@ -287,7 +286,7 @@ class TestFiles:
         )
         assert done.returncode == 0, done.stderr
         np.testing.assert_array_equal(
-            np.load(tmp_path / "proba.npy"), served_probe.predict_proba(colours[0])
+            np.load(tmp_path / "proba.npy"), served_probe.predict_proba(animal_colours[0])
         )
 
     def test_importing_the_serving_module_imports_no_torch(self):
@@ -302,21 +301,7 @@ class TestFiles:
 class TestThreads:
     def test_eight_threads_predict_exactly_the_sequential_results(self, served_probe):
         model = pickle.loads(pickle.dumps(served_probe))
-        batches = [colour_images(np.arange(i % 3 + 2) % 3, seed=i) for i in range(16)]
-        sequential = [model.predict_proba(b) for b in batches]
-        results = [None] * len(batches)
-
-        def work(i):
-            results[i] = model.predict_proba(batches[i])
-
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batches))]
-        for group in (threads[:8], threads[8:]):
-            for t in group:
-                t.start()
-            for t in group:
-                t.join()
-        for got, want in zip(results, sequential, strict=True):
-            np.testing.assert_array_equal(got, want)
+        assert_eight_threads_predict_the_sequential_results(model.predict_proba)
 
     def test_intra_op_threads_follow_omp_num_threads_or_the_parameter(
         self, served_probe, monkeypatch
@@ -328,11 +313,11 @@ class TestThreads:
         assert model.session.get_session_options().intra_op_num_threads == 1
 
     @pytest.mark.parametrize("workers", [0, 1, 3])
-    def test_preprocessing_threads_change_nothing(self, served_probe, colours, workers):
+    def test_preprocessing_threads_change_nothing(self, served_probe, animal_colours, workers):
         model = clone(served_probe[0]).set_params(num_workers=workers, batch_size=4)
         vars(model).update({k: v for k, v in vars(served_probe[0]).items() if k.endswith("_")})
         np.testing.assert_array_equal(
-            model.transform(colours[0]), served_probe[0].transform(colours[0])
+            model.transform(animal_colours[0]), served_probe[0].transform(animal_colours[0])
         )
 
 
@@ -349,19 +334,19 @@ class TestContract:
         tags = extractor.__sklearn_tags__()
         assert tags.input_tags.string and not tags.input_tags.two_d_array
 
-    def test_a_bad_parameter_is_named(self, served_probe, colours):
+    def test_a_bad_parameter_is_named(self, served_probe, animal_colours):
         model = pickle.loads(pickle.dumps(served_probe))[0].set_params(batch_size=0)
         with pytest.raises(ValueError, match="'batch_size' parameter of ServedFeatureExtractor"):
-            model.transform(colours[0])
+            model.transform(animal_colours[0])
 
-    def test_a_served_pipeline_refits_its_head_without_torch(self, served_probe, colours):
-        X, y = colours
+    def test_a_served_pipeline_refits_its_head_without_torch(self, served_probe, animal_colours):
+        X, y = animal_colours
         refitted = pickle.loads(pickle.dumps(served_probe)).fit(X, y[::-1])
         assert (refitted.predict(X) == y[::-1]).mean() > (refitted.predict(X) == y).mean()
 
-    def test_a_served_classifier_does_not_train(self, classifier, colours):
+    def test_a_served_classifier_does_not_train(self, hflip_classifier, animal_colours):
         with pytest.raises(TypeError, match="Fit the torch estimator, then convert it again"):
-            to_onnxruntime(classifier).fit(*colours)
+            to_onnxruntime(hflip_classifier).fit(*animal_colours)
 
     @pytest.mark.parametrize(
         "model",
@@ -376,8 +361,8 @@ class TestContract:
         with pytest.raises(NotFittedError):
             to_onnxruntime(unfitted)
 
-    def test_a_layer_that_does_not_export_is_named(self, colours):
-        classifier = tiny().fit(*colours)
+    def test_a_layer_that_does_not_export_is_named(self, animal_colours):
+        classifier = tiny().fit(*animal_colours)
 
         class DataDependent(torch.nn.Module):
             def forward(self, x):
@@ -391,21 +376,21 @@ class TestContract:
         message = str(error.value)
         assert "its layer 'backbone_.conv_head.1' (" in message
         assert "DataDependent" in message and "Rewrite that layer" in message
-        assert classifier.predict(colours[0]).shape == (len(colours[0]),)
+        assert classifier.predict(animal_colours[0]).shape == (len(animal_colours[0]),)
 
 
 class TestInt8:
-    def test_needs_enough_calibration_images(self, probe, colours):
+    def test_needs_enough_calibration_images(self, probe, animal_colours):
         with pytest.raises(ValueError, match="needs calibration images"):
             to_onnxruntime(probe, quantize="int8")
         with pytest.raises(ValueError, match="got 18 calibration images; it needs at least 32"):
-            to_onnxruntime(probe, quantize="int8", calibration=colours[0])
+            to_onnxruntime(probe, quantize="int8", calibration=animal_colours[0])
         with pytest.raises(ValueError, match="used by quantize='int8' only"):
-            to_onnxruntime(probe, calibration=colours[0])
+            to_onnxruntime(probe, calibration=animal_colours[0])
         with pytest.raises(ValueError, match="quantize must be None or 'int8'"):
             to_onnxruntime(probe, quantize="int4")
 
-    def test_a_quantised_graph_holds_int8_weights_and_predicts_alike(self, probe, colours):
+    def test_a_quantised_graph_holds_int8_weights_and_predicts_alike(self, probe, animal_colours):
         import onnx
 
         calibration = colour_images(np.arange(48) % 3, seed=7)
@@ -413,7 +398,9 @@ class TestInt8:
         assert served[0].quantization_ == "int8"
         ops = {node.op_type for node in onnx.load_from_string(served[0].onnx_model_).graph.node}
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-        np.testing.assert_array_equal(served.predict(colours[0]), probe.predict(colours[0]))
+        np.testing.assert_array_equal(
+            served.predict(animal_colours[0]), probe.predict(animal_colours[0])
+        )
 
 
 class TestCommandLine:
