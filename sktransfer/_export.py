@@ -11,6 +11,7 @@ exported it. The user guide's serving page shows the preprocessing in plain nump
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import re
@@ -56,10 +57,11 @@ class ExportsOnnx(ABC):
         -------
         path : pathlib.Path
         """
+        graph = self._onnx_graph(opset_version)  # says which extra a missing onnx is in
         import onnx
 
         path = Path(os.fspath(path))
-        onnx.save(self._onnx_graph(opset_version), str(path))
+        onnx.save(graph, str(path))
         return path
 
     def _onnx_graph(self, opset_version: int = 18):
@@ -149,7 +151,7 @@ def _not_exportable(network: nn.Module, example, exc: Exception, owner: str) -> 
             )
     return (
         f"The network of this {owner} cannot be exported to ONNX ({reason}). Its layers "
-        "are all torch's and timm's, so its timm architecture does not export with this "
+        "are all torch's, timm's and sktransfer's, so its timm architecture does not export with this "
         "torch: try another opset_version, another torch, or another architecture. The "
         "torch estimator itself is unchanged and still predicts."
     )
@@ -157,12 +159,16 @@ def _not_exportable(network: nn.Module, example, exc: Exception, owner: str) -> 
 
 def _own_layers(network: nn.Module, example) -> list:
     """``(name, module, inputs)`` of each layer whose class is the user's (neither
-    torch's nor timm's), with the inputs it receives, in the order they run."""
+    torch's, timm's nor sktransfer's), with the inputs it receives, in the order they
+    run."""
     found, hooks = [], []
+
+    def record(name, module, args):
+        found.append((name, module, args))
+
     for name, module in network.named_modules():
         if type(module).__module__.split(".")[0] not in ("torch", "timm", "sktransfer"):
-            record = (lambda n: lambda m, args: found.append((n, m, args)))(name)
-            hooks.append(module.register_forward_pre_hook(record))
+            hooks.append(module.register_forward_pre_hook(functools.partial(record, name)))
     try:
         with torch.no_grad():
             network(example)
