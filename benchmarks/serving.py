@@ -249,7 +249,7 @@ class OpenVinoForm:
 
     def predict_proba(self, X):
         preprocess = Preprocess(**self.first.preprocessing_)
-        batches = iter_batches(as_images(X), preprocess, 32, os.cpu_count(), grey=True)
+        batches = iter_batches(as_images(X), preprocess, 32, os.cpu_count())
         rows = np.concatenate([self.compiled(b.astype(np.float32))[0] for _, b in batches])
         return self.served[1:].predict_proba(rows) if self.first is not self.served else rows
 

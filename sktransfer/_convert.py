@@ -118,7 +118,7 @@ def _served(estimator, calibration: ImageSource | None):
     graph = estimator._onnx_graph()
     output = graph.graph.output[0].name
     if calibration is not None:
-        batches = iter_batches(calibration, preprocessing, 32, os.cpu_count() or 1, grey=True)
+        batches = iter_batches(calibration, preprocessing, 32, os.cpu_count() or 1)
         graph = quantized(graph, [batch for _, batch in batches])
     served = served_class(batch_size=estimator.batch_size)
     fitted = {

@@ -601,12 +601,12 @@ def iter_batches(
     indices: Sequence[int] | None = None,
     *,
     stack: Callable = np.stack,
-    grey: bool = False,
 ) -> Iterator[tuple[np.ndarray, object]]:
     """Yield ``(positions, batch)`` with ``batch`` the transformed images stacked by
     ``stack`` (``torch.stack`` for tensors; numpy's by default, so that serving without
-    torch shares this loop). With ``grey``, ``transform`` takes greyscale images in mode
-    L as well as RGB ones (``ImageSource.decoded``).
+    torch shares this loop). A ``transform`` whose ``accepts_grey`` is true (the model's
+    evaluation preprocessing) gets greyscale images in mode L (``ImageSource.decoded``),
+    any other RGB ones.
 
     Without workers, each batch is decoded when it is needed. With ``num_workers``
     threads, images are decoded one per task, in order, up to ``num_workers`` batches
@@ -618,7 +618,7 @@ def iter_batches(
     indices = np.arange(len(source)) if indices is None else np.asarray(indices)
     chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
 
-    read = source.decoded if grey else source.load
+    read = source.decoded if getattr(transform, "accepts_grey", False) else source.load
 
     def load(i):
         return transform(read(int(i)))

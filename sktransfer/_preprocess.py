@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from PIL import Image
@@ -53,6 +54,7 @@ class Preprocess:
     crop_mode: str
     mean: tuple
     std: tuple
+    accepts_grey: ClassVar[bool] = True  # mode L images too (see ``__call__``)
 
     @classmethod
     def of(cls, data_config: dict) -> Preprocess:

@@ -91,9 +91,7 @@ class ServedEstimator(BaseEstimator):
         preprocess = Preprocess(**self.preprocessing_)
         out, start = None, 0
         workers = (os.cpu_count() or 1) if self.num_workers is None else self.num_workers
-        batches = iter_batches(
-            source, preprocess, self.batch_size, workers, stack=_float32_batch, grey=True
-        )
+        batches = iter_batches(source, preprocess, self.batch_size, workers, stack=_float32_batch)
         with image_bar(len(source), "predicting", shows_progress(self.verbose)) as bar:
             for _, batch in batches:
                 (rows,) = session.run([self.output_name_], {self.input_name_: batch})

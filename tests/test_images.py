@@ -326,7 +326,7 @@ class TestLazyDecoding:
     def test_transform_decodes_one_batch_per_forward(self, pngs, tiny_checkpoint, monkeypatch):
         extractor = tiny_extractor(weights=tiny_checkpoint, batch_size=2).fit()
         loads, at_forward = [], []
-        original_load, original_forward = FileSource.load, type(extractor)._forward
+        original_load, original_forward = FileSource.decoded, type(extractor)._forward
 
         def counting_load(self, i):
             loads.append(i)
@@ -336,7 +336,7 @@ class TestLazyDecoding:
             at_forward.append((len(loads), x.shape[0]))
             return original_forward(self, x)
 
-        monkeypatch.setattr(FileSource, "load", counting_load)
+        monkeypatch.setattr(FileSource, "decoded", counting_load)  # what inference decodes with
         monkeypatch.setattr(type(extractor), "_forward", recording_forward)
         extractor.transform(pngs)
         assert at_forward == [(2, 2), (4, 2), (6, 2)]
@@ -668,9 +668,9 @@ class TestEncodedImages:
     ):
         extractor = tiny_extractor(weights=tiny_checkpoint, memory=tmp_path).fit()
         first = extractor.transform([io.BytesIO(p.read_bytes()) for p in pngs[:2]])
-        loads, original = [], EncodedSource.load
+        loads, original = [], EncodedSource.decoded  # what inference decodes with
         monkeypatch.setattr(
-            EncodedSource, "load", lambda self, i: loads.append(i) or original(self, i)
+            EncodedSource, "decoded", lambda self, i: loads.append(i) or original(self, i)
         )
         again = extractor.transform([io.BytesIO(p.read_bytes()) for p in pngs[:3]])
         assert loads == [2]  # new file objects, same bytes: only the third is decoded
