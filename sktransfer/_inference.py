@@ -16,7 +16,7 @@ from . import _backbone
 from ._device import autocast
 from ._images import ImageSource, iter_batches
 from ._progress import image_bar
-from ._rows import ComputeRows, empty_rows
+from ._rows import ComputeRows, collect_rows, empty_rows
 
 
 def run_batches(
@@ -85,25 +85,18 @@ def run_forward(
     images.
     """
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    out, start = None, 0
+
+    def rows_of(batch: torch.Tensor) -> np.ndarray:
+        if batch.ndim == 4:
+            batch = batch.to(device, non_blocking=True, memory_format=memory_format)
+        else:
+            batch = batch.to(device, non_blocking=True)
+        return forward(batch).float().cpu().numpy()
+
     bar = image_bar(n_rows, desc, enabled=verbose)
     with bar, torch.inference_mode(), autocast(device, precision):
-        for batch in batches:
-            if batch.ndim == 4:
-                batch = batch.to(device, non_blocking=True, memory_format=memory_format)
-            else:
-                batch = batch.to(device, non_blocking=True)
-            rows = forward(batch).float().cpu().numpy()
-            if out is None:
-                out = allocate((n_rows, *rows.shape[1:]))
-            out[start : start + len(rows)] = rows
-            if on_rows is not None:
-                on_rows(np.arange(start, start + len(rows)), rows)
-            start += len(rows)
-            bar.update(len(rows))
-    if out is None:
-        return np.empty((0, 0), dtype=np.float32)
-    return out
+        rows = map(rows_of, batches)
+        return collect_rows(rows, n_rows, allocate=allocate, on_rows=on_rows, bar=bar)
 
 
 def frozen_bottom(

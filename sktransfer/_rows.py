@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import numpy as np
@@ -34,6 +34,31 @@ class ComputeRows(Protocol):
     def __call__(
         self, rows: np.ndarray, allocate: Allocate, on_rows: OnRows | None = None
     ) -> np.ndarray: ...
+
+
+def collect_rows(
+    batches: Iterable[np.ndarray],
+    n_rows: int,
+    *,
+    allocate: Allocate = empty_rows,
+    on_rows: OnRows | None = None,
+    bar=None,
+) -> np.ndarray:
+    """The rows of ``batches`` written, in order, into one array of ``n_rows`` rows that
+    ``allocate(shape)`` makes once the first batch gives the row shape (results are
+    never concatenated). Each batch is reported to ``on_rows(positions, rows)`` when
+    given, and counted on ``bar`` (a progress bar). No batch at all: an empty array."""
+    out, start = None, 0
+    for rows in batches:
+        if out is None:
+            out = allocate((n_rows, *rows.shape[1:]))
+        out[start : start + len(rows)] = rows
+        if on_rows is not None:
+            on_rows(np.arange(start, start + len(rows)), rows)
+        start += len(rows)
+        if bar is not None:
+            bar.update(len(rows))
+    return np.empty((0, 0), dtype=np.float32) if out is None else out
 
 
 def namespace(

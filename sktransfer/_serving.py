@@ -37,10 +37,11 @@ from ._images import as_images, iter_batches
 from ._params import Interval, validate_params
 from ._preprocess import Preprocess
 from ._progress import image_bar, shows_progress
+from ._rows import collect_rows
 from ._warnings import warn_on_other_versions
 
 _VERSIONS = "_sktransfer_versions"
-_SESSION_LOCK = threading.Lock()  # sessions are made once, however many threads ask
+_SESSION_LOCK = threading.Lock()
 
 
 def runtime_versions() -> dict[str, str]:
@@ -87,20 +88,13 @@ class ServedEstimator(BaseEstimator):
         check_is_fitted(self)
         validate_params(self)
         source = as_images(X)
-        session = self.session
+        session, names = self.session, [self.output_name_]
         preprocess = Preprocess(**self.preprocessing_)
-        out, start = None, 0
         workers = (os.cpu_count() or 1) if self.num_workers is None else self.num_workers
-        batches = iter_batches(source, preprocess, self.batch_size, workers, stack=_float32_batch)
+        batches = iter_batches(source, preprocess, self.batch_size, workers)
+        rows = (session.run(names, {self.input_name_: batch})[0] for _, batch in batches)
         with image_bar(len(source), "predicting", shows_progress(self.verbose)) as bar:
-            for _, batch in batches:
-                (rows,) = session.run([self.output_name_], {self.input_name_: batch})
-                if out is None:
-                    out = np.empty((len(source), *rows.shape[1:]), dtype=np.float32)
-                out[start : start + len(rows)] = rows
-                start += len(rows)
-                bar.update(len(rows))
-        return out
+            return collect_rows(rows, len(source), bar=bar)
 
     @property
     def session(self):
@@ -108,15 +102,12 @@ class ServedEstimator(BaseEstimator):
         (again after ``intra_op_num_threads`` or ``onnx_model_`` changes), shared by
         every thread."""
         check_is_fitted(self)
-        key = (self._threads(), self.onnx_model_)
-        made = self.__dict__.get("_made_session")
-        if made is None or not _same(made[0], key):
-            with _SESSION_LOCK:
-                made = self.__dict__.get("_made_session")
-                if made is None or not _same(made[0], key):
-                    made = (key, _inference_session(self.onnx_model_, key[0]))
-                    self._made_session = made
-        return made[1]
+        threads, graph = self._threads(), self.onnx_model_
+        with _SESSION_LOCK:  # a session is made once, however many threads ask
+            made = self.__dict__.get("_made_session")
+            if made is None or made[0] != threads or made[1] is not graph:
+                made = self._made_session = (threads, graph, _inference_session(graph, threads))
+        return made[2]
 
     def _threads(self) -> int:
         if self.intra_op_num_threads is not None:
@@ -143,16 +134,6 @@ class ServedEstimator(BaseEstimator):
         tags.input_tags.string = True
         tags.non_deterministic = False
         return tags
-
-
-def _same(made: tuple, key: tuple) -> bool:
-    """Whether a session made for ``made`` (threads, graph) serves ``key``: the same
-    number of threads and the very same graph object."""
-    return made[0] == key[0] and made[1] is key[1]
-
-
-def _float32_batch(images: list) -> np.ndarray:
-    return np.stack(images).astype(np.float32, copy=False)
 
 
 def _inference_session(graph: bytes, threads: int):
