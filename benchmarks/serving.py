@@ -324,11 +324,9 @@ def int8_form(extractor, calibration, settings=None):
     if settings is None:
         return to_onnxruntime(extractor, quantize="int8", calibration=calibration)
     preprocess = Preprocess.of(extractor.data_config_)
-    source = as_images(calibration)
-    batches = [b for _, b in iter_batches(source, preprocess, 32, os.cpu_count())]
+    graph = quantized(extractor._onnx_graph(), as_images(calibration), preprocess, **settings)
     served = to_onnxruntime(extractor)
-    served.onnx_model_ = quantized(extractor._onnx_graph(), batches, **settings)
-    served.onnx_model_ = served.onnx_model_.SerializeToString()
+    served.onnx_model_ = graph.SerializeToString()
     return served
 
 

@@ -118,8 +118,7 @@ def _served(estimator, calibration: ImageSource | None):
     graph = estimator._onnx_graph()
     output = graph.graph.output[0].name
     if calibration is not None:
-        batches = iter_batches(calibration, preprocessing, 32, os.cpu_count() or 1)
-        graph = quantized(graph, [batch for _, batch in batches])
+        graph = quantized(graph, calibration, preprocessing)
     served = served_class(batch_size=estimator.batch_size)
     fitted = {
         "onnx_model_": graph.SerializeToString(),
@@ -165,9 +164,17 @@ FLOAT_CONVS = 6
 CALIBRATION_PERCENTILE = 99.999
 
 
-def quantized(graph, batches: list, *, float_convs: int = FLOAT_CONVS, **settings):
+def quantized(
+    graph,
+    calibration: ImageSource,
+    preprocess: Preprocess,
+    *,
+    float_convs: int = FLOAT_CONVS,
+    **settings,
+):
     """``graph`` (an ``onnx.ModelProto``) statically quantised to INT8 by ONNX Runtime
-    (QDQ), calibrated on ``batches`` of preprocessed images; its first ``float_convs``
+    (QDQ), calibrated on the images of ``calibration`` as ``preprocess`` makes them (in
+    threads, as the serving estimators do); its first ``float_convs``
     convolutions stay in float. ``settings`` replace arguments of ONNX Runtime's
     ``quantize_static`` (``benchmarks/int8_recipes.py`` measures other recipes)."""
     import onnx
@@ -187,7 +194,8 @@ def quantized(graph, batches: list, *, float_convs: int = FLOAT_CONVS, **setting
         runs, which must have one shape."""
 
         def __init__(self):
-            self.images = (image[None] for batch in batches for image in batch)
+            batches = iter_batches(calibration, preprocess, 32, os.cpu_count() or 1)
+            self.images = (image[None] for _, batch in batches for image in batch)
 
         def get_next(self):
             image = next(self.images, None)

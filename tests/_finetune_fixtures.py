@@ -341,3 +341,11 @@ def assert_eight_threads_predict_the_sequential_results(predict) -> None:
             t.join()
     for got, want in zip(results, sequential, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def outputs(model, X):
+    """What a model answers: probabilities, embeddings or predictions."""
+    for method in ("predict_proba", "transform", "predict"):
+        if hasattr(model, method):
+            return getattr(model, method)(X)
+    raise AssertionError(model)

@@ -19,6 +19,7 @@ import pytest
 import torch
 from _finetune_fixtures import (
     assert_eight_threads_predict_the_sequential_results,
+    outputs,
     predict_in_fresh_process,
     tiny,
 )
@@ -60,14 +61,6 @@ def regressor(animal_colours):
 def best_estimator(animal_colours):
     search = GridSearchCV(tiny(head_epochs=0), {"lr": [1e-3, 1e-2]}, cv=2, error_score="raise")
     return search.fit(*animal_colours).best_estimator_
-
-
-def outputs(model, X):
-    """What a served model answers: probabilities, embeddings or predictions."""
-    for method in ("predict_proba", "transform", "predict"):
-        if hasattr(model, method):
-            return getattr(model, method)(X)
-    raise AssertionError(model)
 
 
 # ------------------------------------------------------------------ pickle stream

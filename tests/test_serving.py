@@ -18,6 +18,7 @@ from _cli_fixtures import read_csv
 from _finetune_fixtures import (
     assert_eight_threads_predict_the_sequential_results,
     colour_images,
+    outputs,
     tiny,
 )
 from conftest import REPO_ROOT, make_images, save_images, tiny_extractor
@@ -68,14 +69,6 @@ def regressor(animal_colours):
 @pytest.fixture(scope="module")
 def served_probe(probe):
     return to_onnxruntime(probe)
-
-
-def outputs(model, X):
-    """What a model gives: probabilities, predictions or features."""
-    for method in ("predict_proba", "predict", "transform"):
-        if hasattr(model, method):
-            return getattr(model, method)(X)
-    raise AssertionError(type(model))
 
 
 def assert_close(served, torch_model, X):
