@@ -46,6 +46,7 @@ on a miss::
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import subprocess
 import sys
@@ -128,9 +129,9 @@ def _has_openvino() -> bool:
 
 def throughput(forms: dict, X, rounds: int) -> dict:
     """Best seconds of ``predict_proba(X)`` per form, ``rounds`` interleaved rounds."""
-    torch_model = forms["torch"]
+    threaded = _with_workers(forms["torch"], 1)
     calls = {form: (lambda m=model: m.predict_proba(X)) for form, model in forms.items()}
-    calls["torch, num_workers=1"] = lambda: _with_workers(torch_model, 1).predict_proba(X)
+    calls["torch, num_workers=1"] = lambda: threaded.predict_proba(X)
     times = {form: [] for form in calls}
     keys = list(calls)
     for call in calls.values():  # warm-up: one-off allocations and kernel choices
@@ -142,11 +143,11 @@ def throughput(forms: dict, X, rounds: int) -> dict:
 
 
 def _with_workers(model, workers: int):
-    for step in getattr(model, "steps", [(None, model)]):
-        if "num_workers" in step[1].get_params(deep=False):
-            step[1].set_params(num_workers=workers)
-            break
-    return model
+    """A copy of ``model`` whose image estimator decodes in ``workers`` threads (the
+    model itself keeps its own ``num_workers``)."""
+    copied = copy.deepcopy(model)
+    (copied[0] if isinstance(copied, Pipeline) else copied).set_params(num_workers=workers)
+    return copied
 
 
 def latencies(forms: dict, paths, requests: int) -> dict:
