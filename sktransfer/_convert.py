@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import os
 import tempfile
 from pathlib import Path
 
@@ -24,7 +23,12 @@ from ._features import PretrainedFeatureExtractor
 from ._images import ImageSource, as_images, iter_batches
 from ._preprocess import Preprocess
 from ._regressor import FineTunedRegressor
-from ._serving import ServedClassifier, ServedFeatureExtractor, ServedRegressor
+from ._serving import (
+    ServedClassifier,
+    ServedFeatureExtractor,
+    ServedRegressor,
+    decoding_threads,
+)
 
 QUANTIZATIONS = (None, "int8")
 MIN_CALIBRATION_IMAGES = 32
@@ -194,7 +198,7 @@ def quantized(
         runs, which must have one shape."""
 
         def __init__(self):
-            batches = iter_batches(calibration, preprocess, 32, os.cpu_count() or 1)
+            batches = iter_batches(calibration, preprocess, 32, decoding_threads(None))
             self.images = (image[None] for _, batch in batches for image in batch)
 
         def get_next(self):

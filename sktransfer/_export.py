@@ -151,9 +151,9 @@ def _not_exportable(network: nn.Module, example, exc: Exception, owner: str) -> 
             )
     return (
         f"The network of this {owner} cannot be exported to ONNX ({reason}). Its layers "
-        "are all torch's, timm's and sktransfer's, so its timm architecture does not export with this "
-        "torch: try another opset_version, another torch, or another architecture. The "
-        "torch estimator itself is unchanged and still predicts."
+        "are all torch's, timm's and sktransfer's, so its timm architecture does not "
+        "export with this torch: try another opset_version, another torch, or another "
+        "architecture. The torch estimator itself is unchanged and still predicts."
     )
 
 

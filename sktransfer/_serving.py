@@ -8,8 +8,8 @@ anything it imports, imports torch or timm, so a service that loads a serving mo
 starts without them.
 
 A call decodes and preprocesses images in ``num_workers`` threads (one per core by
-default), up to ``num_workers`` batches ahead of the one ONNX Runtime runs (PIL, numpy and ONNX Runtime release the GIL). The ONNX Runtime session
-is made on first use, with ``intra_op_num_threads`` threads (by default what
+default), up to ``num_workers`` batches ahead of the one ONNX Runtime runs (PIL, numpy
+and ONNX Runtime release the GIL). The ONNX Runtime session is made on first use, with ``intra_op_num_threads`` threads (by default what
 ``OMP_NUM_THREADS`` says, else ONNX Runtime's choice), and shared by every thread that
 predicts: ``InferenceSession.run`` is thread-safe. Pickle, joblib and ``skops.io`` store
 the graph and the plain values only, with the versions of sktransfer and onnxruntime
@@ -53,6 +53,12 @@ def runtime_versions() -> dict[str, str]:
     return {"sktransfer": __version__, "onnxruntime": onnxruntime.__version__}
 
 
+def decoding_threads(num_workers: int | None) -> int:
+    """The threads that decode and preprocess images: ``num_workers``, or with None one
+    per core."""
+    return (os.cpu_count() or 1) if num_workers is None else num_workers
+
+
 def default_threads() -> int:
     """ONNX Runtime's intra-op threads when none are given: ``OMP_NUM_THREADS`` where
     it is a positive integer, else 0 (ONNX Runtime's own choice: one per core)."""
@@ -90,7 +96,7 @@ class ServedEstimator(BaseEstimator):
         source = as_images(X)
         session, names = self.session, [self.output_name_]
         preprocess = Preprocess(**self.preprocessing_)
-        workers = (os.cpu_count() or 1) if self.num_workers is None else self.num_workers
+        workers = decoding_threads(self.num_workers)
         batches = iter_batches(source, preprocess, self.batch_size, workers)
         rows = (session.run(names, {self.input_name_: batch})[0] for _, batch in batches)
         with image_bar(len(source), "predicting", shows_progress(self.verbose)) as bar:
