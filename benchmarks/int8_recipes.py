@@ -35,7 +35,7 @@ import numpy as np
 from _elpv import elpv_split
 from _report import report
 from onnxruntime.quantization import CalibrationMethod, QuantType
-from serving import imagenet_top5, int8_form
+from serving import imagenet_top5, int8_form, same_top5
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         changed = ""
         if settings.get("float_convs", FLOAT_CONVS) == FLOAT_CONVS:
             top5 = imagenet_top5(args.n_calibration, settings)
-            moved = [n for n, f, q, _ in top5 if f[0] != q[0] or set(f) != set(q)]
+            moved = [n for n, f, q, _ in top5 if not same_top5(f, q)]
             changed = f"{len(moved)} of {len(top5)}" + (f" ({', '.join(moved)})" if moved else "")
         print(
             f"| {name} | {cosine.mean():.4f} | {cosine.min():.4f} | {auc[name]:.4f} "
